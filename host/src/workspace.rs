@@ -1,0 +1,425 @@
+//! A session's files: the folder the guest sees as `/workspace` and the file tools work on.
+//! Every path from outside is resolved here, relative to the workspace, and every access goes
+//! through a cap-std `Dir`, so `..`, absolute paths and symlinks (even ones guest code made)
+//! cannot reach a file outside it. Writes are atomic and held to the byte and file quotas.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+
+/// How far the guest's folder tree is walked; deeper entries are neither listed nor counted.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("path {path:?} is not allowed: {reason}")]
+    PathEscapes { path: String, reason: &'static str },
+    #[error("{path:?} does not exist in the workspace")]
+    NotFound { path: String },
+    #[error("{path:?} is a folder, not a file")]
+    IsAFolder { path: String },
+    #[error("{path:?} is not a folder")]
+    NotAFolder { path: String },
+    #[error("the workspace quota would be exceeded: {what} (limit {limit}); delete files first")]
+    QuotaExceeded { what: String, limit: String },
+    #[error("{path:?}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl WorkspaceError {
+    fn io(path: &str, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::NotFound => WorkspaceError::NotFound { path: path.to_string() },
+            // cap-std answers a path that leads outside the folder (through `..` or a link)
+            // with PermissionDenied.
+            io::ErrorKind::PermissionDenied => WorkspaceError::PathEscapes {
+                path: path.to_string(),
+                reason: "it leads outside the workspace (through a link?)",
+            },
+            _ => WorkspaceError::Io { path: path.to_string(), source },
+        }
+    }
+}
+
+/// The two quotas of a workspace.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One entry of the workspace, by its path relative to the workspace root (`/`-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// Every entry of the workspace at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl Index {
+    /// Bytes held by files.
+    pub fn bytes(&self) -> u64 {
+        self.entries.values().filter(|e| e.kind == Kind::File).map(|e| e.size).sum()
+    }
+
+    /// Entries of every kind (files, folders, links).
+    pub fn count(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The files created or changed (size or modification time) since `before`.
+    pub fn changed_since<'a>(&'a self, before: &Index) -> Vec<(&'a str, &'a Entry)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.kind == Kind::File)
+            .filter(|(path, e)| before.entries.get(*path) != Some(e))
+            .map(|(path, e)| (path.as_str(), e))
+            .collect()
+    }
+
+    /// The files that did not exist in `before`.
+    pub fn created_since<'a>(&'a self, before: &Index) -> Vec<&'a str> {
+        self.entries
+            .iter()
+            .filter(|(path, e)| e.kind == Kind::File && !before.entries.contains_key(*path))
+            .map(|(path, _)| path.as_str())
+            .collect()
+    }
+}
+
+/// An opened workspace folder.
+#[derive(Debug)]
+pub struct Workspace {
+    root: PathBuf,
+    dir: Dir,
+    quota: Quota,
+}
+
+impl Workspace {
+    /// Opens (creating if needed) the workspace folder at `root` on the host.
+    pub fn open(root: impl Into<PathBuf>, quota: Quota) -> io::Result<Workspace> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
+        Ok(Workspace { root, dir, quota })
+    }
+
+    /// The host folder, to preopen as `/workspace`.
+    pub fn host_path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Walks the workspace without following links.
+    pub fn index(&self) -> io::Result<Index> {
+        let mut index = Index::default();
+        walk(&self.dir, "", 0, &mut index)?;
+        Ok(index)
+    }
+
+    /// Reads a file, or the part of it from `offset`, at most `length` bytes.
+    pub fn read(&self, path: &str, offset: u64, length: Option<u64>) -> Result<(Vec<u8>, u64), WorkspaceError> {
+        let rel = resolve(path)?;
+        let shown = display(&rel);
+        let mut file = self.dir.open(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+        let meta = file.metadata().map_err(|e| WorkspaceError::io(&shown, e))?;
+        if meta.is_dir() {
+            return Err(WorkspaceError::IsAFolder { path: shown });
+        }
+        let total = meta.len();
+        file.seek(SeekFrom::Start(offset)).map_err(|e| WorkspaceError::io(&shown, e))?;
+        let want = length.unwrap_or(total).min(total.saturating_sub(offset));
+        let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+        file.take(want).read_to_end(&mut bytes).map_err(|e| WorkspaceError::io(&shown, e))?;
+        Ok((bytes, total))
+    }
+
+    /// Writes a whole file atomically (a temp file beside it, then a rename), making its
+    /// folders, within the quotas. Returns its size.
+    pub fn write(&self, path: &str, bytes: &[u8]) -> Result<u64, WorkspaceError> {
+        let rel = resolve(path)?;
+        let shown = display(&rel);
+        let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Err(WorkspaceError::PathEscapes { path: path.into(), reason: "it names no file" });
+        };
+        let index = self.index().map_err(|e| WorkspaceError::io(&shown, e))?;
+        let existing = index.entries.get(&shown);
+        if existing.is_some_and(|e| e.kind == Kind::Dir) {
+            return Err(WorkspaceError::IsAFolder { path: shown });
+        }
+        let old = existing.filter(|e| e.kind == Kind::File).map_or(0, |e| e.size);
+        let after_bytes = index.bytes() - old + bytes.len() as u64;
+        if after_bytes > self.quota.bytes {
+            return Err(WorkspaceError::QuotaExceeded {
+                what: format!("{after_bytes} bytes after writing {shown}"),
+                limit: format!("{} bytes", self.quota.bytes),
+            });
+        }
+        let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+        let new_entries = u64::from(existing.is_none()) + parent.map_or(0, |p| missing_folders(&index, p));
+        if index.count() + new_entries > self.quota.files {
+            return Err(WorkspaceError::QuotaExceeded {
+                what: format!("{} files and folders", index.count() + new_entries),
+                limit: format!("{} files", self.quota.files),
+            });
+        }
+        let folder = match parent {
+            Some(p) => {
+                self.dir.create_dir_all(p).map_err(|e| WorkspaceError::io(&shown, e))?;
+                self.dir.open_dir(p).map_err(|e| WorkspaceError::io(&shown, e))?
+            }
+            None => self.dir.try_clone().map_err(|e| WorkspaceError::io(&shown, e))?,
+        };
+        let tmp = format!(".{name}.toolhost-{}.tmp", std::process::id());
+        let written = (|| {
+            let mut file = folder.open_with(&tmp, OpenOptions::new().write(true).create_new(true))?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            folder.rename(&tmp, &folder, &name)
+        })();
+        if let Err(e) = written {
+            let _ = folder.remove_file(&tmp);
+            return Err(WorkspaceError::io(&shown, e));
+        }
+        Ok(bytes.len() as u64)
+    }
+
+    /// Deletes a file, a link, or an empty folder.
+    pub fn delete(&self, path: &str) -> Result<Kind, WorkspaceError> {
+        let rel = resolve(path)?;
+        let shown = display(&rel);
+        if rel.as_os_str().is_empty() {
+            return Err(WorkspaceError::PathEscapes {
+                path: path.into(),
+                reason: "the workspace itself cannot be deleted",
+            });
+        }
+        let meta = self.dir.symlink_metadata(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+        if meta.is_dir() {
+            self.dir.remove_dir(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+            Ok(Kind::Dir)
+        } else {
+            self.dir.remove_file(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+            Ok(if meta.file_type().is_symlink() { Kind::Symlink } else { Kind::File })
+        }
+    }
+
+    /// The entries directly inside a folder.
+    pub fn list(&self, path: &str) -> Result<Vec<(String, Entry)>, WorkspaceError> {
+        let rel = resolve(path)?;
+        let shown = display(&rel);
+        let dir = if rel.as_os_str().is_empty() {
+            self.dir.try_clone().map_err(|e| WorkspaceError::io(&shown, e))?
+        } else {
+            let meta = self.dir.metadata(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+            if !meta.is_dir() {
+                return Err(WorkspaceError::NotAFolder { path: shown });
+            }
+            self.dir.open_dir(&rel).map_err(|e| WorkspaceError::io(&shown, e))?
+        };
+        let mut found = Vec::new();
+        for entry in dir.entries().map_err(|e| WorkspaceError::io(&shown, e))? {
+            let entry = entry.map_err(|e| WorkspaceError::io(&shown, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if shown.is_empty() { name } else { format!("{shown}/{name}") };
+            if let Ok(e) = entry_of(&entry) {
+                found.push((path, e));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+
+    /// Removes the files this call created, newest state first; used when a call leaves the
+    /// workspace over its quota.
+    pub fn remove_files(&self, paths: &[&str]) {
+        for path in paths {
+            let _ = self.dir.remove_file(path);
+        }
+    }
+}
+
+/// Resolves a path from outside (a tool argument, a resource URI's path) to one relative to
+/// the workspace. Accepts `a/b`, `./a/b` and `/workspace/a/b`; refuses `..`, other absolute
+/// paths and NUL bytes. The empty path is the workspace itself.
+pub fn resolve(path: &str) -> Result<PathBuf, WorkspaceError> {
+    let refuse = |reason| Err(WorkspaceError::PathEscapes { path: path.to_string(), reason });
+    if path.contains('\0') {
+        return refuse("it contains a NUL byte");
+    }
+    let inside = if path == "/workspace" {
+        ""
+    } else if let Some(rest) = path.strip_prefix("/workspace/") {
+        rest
+    } else if path.starts_with('/') {
+        return refuse("absolute paths must be inside /workspace");
+    } else {
+        path
+    };
+    let mut rel = PathBuf::new();
+    for component in Path::new(inside).components() {
+        match component {
+            Component::Normal(part) => rel.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return refuse("'..' is not allowed"),
+            Component::RootDir | Component::Prefix(_) => return refuse("absolute paths must be inside /workspace"),
+        }
+    }
+    Ok(rel)
+}
+
+/// The `/`-separated form of a relative path, as results show it.
+pub fn display(rel: &Path) -> String {
+    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+}
+
+/// The `file:///workspace/...` URI of a workspace path.
+pub fn uri(path: &str) -> String {
+    format!("file:///workspace/{path}")
+}
+
+fn missing_folders(index: &Index, parent: &Path) -> u64 {
+    let mut missing = 0;
+    let mut prefix = PathBuf::new();
+    for part in parent.components() {
+        prefix.push(part);
+        if !index.entries.contains_key(&display(&prefix)) {
+            missing += 1;
+        }
+    }
+    missing
+}
+
+fn entry_of(entry: &cap_std::fs::DirEntry) -> io::Result<Entry> {
+    let kind = entry.file_type()?;
+    let meta = entry.metadata()?;
+    let kind = if kind.is_symlink() {
+        Kind::Symlink
+    } else if kind.is_dir() {
+        Kind::Dir
+    } else {
+        Kind::File
+    };
+    let modified = meta.modified().map(|t| t.into_std()).unwrap_or(SystemTime::UNIX_EPOCH);
+    let size = if kind == Kind::File { meta.len() } else { 0 };
+    Ok(Entry { kind, size, modified })
+}
+
+fn walk(dir: &Dir, prefix: &str, depth: usize, index: &mut Index) -> io::Result<()> {
+    for entry in dir.entries()? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let Ok(found) = entry_of(&entry) else { continue };
+        let is_dir = found.kind == Kind::Dir;
+        index.entries.insert(path.clone(), found);
+        if is_dir
+            && depth < MAX_DEPTH
+            && let Ok(sub) = dir.open_dir(&name)
+        {
+            walk(&sub, &path, depth + 1, index)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workspace() -> (tempfile::TempDir, Workspace) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::open(tmp.path().join("ws"), Quota { bytes: 1000, files: 5 }).expect("open");
+        (tmp, ws)
+    }
+
+    #[test]
+    fn paths_resolve_inside_the_workspace_or_are_refused() {
+        assert_eq!(resolve("a/b.txt").expect("ok"), PathBuf::from("a/b.txt"));
+        assert_eq!(resolve("./a/./b.txt").expect("ok"), PathBuf::from("a/b.txt"));
+        assert_eq!(resolve("/workspace/a").expect("ok"), PathBuf::from("a"));
+        assert_eq!(resolve("/workspace").expect("ok"), PathBuf::new());
+        assert_eq!(resolve("").expect("ok"), PathBuf::new());
+        for bad in ["../x", "a/../../x", "a/..", "/etc/passwd", "/workspacex/a", "a\0b"] {
+            assert!(matches!(resolve(bad), Err(WorkspaceError::PathEscapes { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn writes_are_whole_and_reads_can_take_a_range() {
+        let (_tmp, ws) = workspace();
+        assert_eq!(ws.write("d/e/f.txt", b"hello world").expect("write"), 11);
+        let (bytes, total) = ws.read("/workspace/d/e/f.txt", 6, Some(3)).expect("read");
+        assert_eq!((bytes.as_slice(), total), (&b"wor"[..], 11));
+        ws.write("d/e/f.txt", b"bye").expect("rewrite");
+        assert_eq!(ws.read("d/e/f.txt", 0, None).expect("read").0, b"bye");
+        let names: Vec<_> = ws.list("d/e").expect("list").into_iter().map(|(p, _)| p).collect();
+        assert_eq!(names, ["d/e/f.txt"], "no temp file is left behind");
+    }
+
+    #[test]
+    fn quotas_refuse_a_write_and_keep_the_old_file() {
+        let (_tmp, ws) = workspace();
+        ws.write("a.txt", &[b'a'; 600]).expect("write");
+        let err = ws.write("b.txt", &[b'b'; 600]).expect_err("over the byte quota");
+        assert!(matches!(err, WorkspaceError::QuotaExceeded { .. }), "{err}");
+        ws.write("a.txt", &[b'c'; 900]).expect("replacing a file counts its old size once");
+        for i in 0..4 {
+            ws.write(&format!("f{i}"), b"x").expect("within the file quota");
+        }
+        let err = ws.write("one-too-many", b"x").expect_err("over the file quota");
+        assert!(err.to_string().contains("files"), "{err}");
+        assert_eq!(ws.read("a.txt", 0, None).expect("read").0.len(), 900);
+    }
+
+    #[test]
+    fn a_link_out_of_the_workspace_is_not_followed() {
+        let (tmp, ws) = workspace();
+        std::fs::write(tmp.path().join("secret"), b"host file").expect("secret");
+        std::os::unix::fs::symlink(tmp.path().join("secret"), ws.host_path().join("link")).expect("symlink");
+        std::os::unix::fs::symlink("../secret", ws.host_path().join("rel")).expect("symlink");
+        for path in ["link", "rel"] {
+            let err = ws.read(path, 0, None).expect_err("escape");
+            assert!(matches!(err, WorkspaceError::PathEscapes { .. }), "{path}: {err}");
+            assert!(ws.write(&format!("{path}/x"), b"x").is_err());
+        }
+        assert_eq!(ws.delete("link").expect("the link itself can be removed"), Kind::Symlink);
+        assert!(tmp.path().join("secret").exists());
+    }
+
+    #[test]
+    fn the_index_reports_what_changed() {
+        let (_tmp, ws) = workspace();
+        ws.write("keep.txt", b"1").expect("write");
+        ws.write("change.txt", b"1").expect("write");
+        let before = ws.index().expect("index");
+        ws.write("change.txt", b"22").expect("write");
+        ws.write("new/file.txt", b"3").expect("write");
+        let after = ws.index().expect("index");
+        let changed: Vec<_> = after.changed_since(&before).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(changed, ["change.txt", "new/file.txt"]);
+        assert_eq!(after.created_since(&before), ["new/file.txt"]);
+        assert_eq!(after.bytes(), 4);
+    }
+}

@@ -1,0 +1,11 @@
+//! toolhost's integration tests: one binary, one module per feature, each through the public
+//! API or the real `toolhost` binary. The runtimes come from the real cache (TOOLHOST_CACHE,
+//! else ~/.cache/toolhost): the first run fetches and compiles them, later runs load them.
+
+mod cases;
+mod cli;
+mod isolation;
+mod limits;
+mod packages;
+mod runtimes;
+mod support;

@@ -1,0 +1,2 @@
+# expect: {"status": "ok", "stdout": "héllo ✓ 🐍\n"}
+print("héllo ✓ 🐍")
