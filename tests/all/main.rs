@@ -2,6 +2,7 @@
 //! API or the real `toolhost` binary. The runtimes come from the real cache (TOOLHOST_CACHE,
 //! else ~/.cache/toolhost): the first run fetches and compiles them, later runs load them.
 
+mod capacity;
 mod cases;
 mod cli;
 mod isolation;
