@@ -56,6 +56,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the MCP tools over HTTP: streamable HTTP at /mcp, legacy HTTP+SSE at /sse and
+    /// /messages, with /healthz, /readyz and /metrics.
+    Serve(ServeArgs),
+    /// Serve the MCP tools over stdin/stdout, for a local agent that starts toolhost itself
+    /// (e.g. Claude Desktop). Logs go to stderr.
+    Stdio(StdioArgs),
     /// Run Python once in a fresh sandbox and print how it went, as JSON.
     ///
     /// The JSON is the `code_interpreter` tool's structuredContent. The exit status is 0 when
@@ -88,6 +94,104 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub app: AppArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StdioArgs {
+    /// A host folder to use as the session's /workspace, kept after exit. Default: a fresh
+    /// folder under the workspaces folder, removed after exit.
+    #[arg(long, env = "TOOLHOST_WORKSPACE", value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    #[command(flatten)]
+    pub app: AppArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The HTTP listener and who may talk to it.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Server")]
+pub struct ServerArgs {
+    /// Address to listen on. Default 127.0.0.1:8000.
+    #[arg(long, env = "TOOLHOST_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Bearer tokens clients must send (Authorization: Bearer TOKEN), comma-separated. Prefer the
+    /// environment variable: flags are visible to other users of the machine.
+    #[arg(
+        long = "token",
+        env = "TOOLHOST_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "TOKEN"
+    )]
+    pub tokens: Vec<String>,
+
+    /// Serve without tokens on a non-loopback address (refused otherwise).
+    #[arg(long, env = "TOOLHOST_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// A Host header value to accept besides loopback names (repeatable; needed behind a proxy
+    /// or in a container), e.g. `toolhost.internal` or `toolhost.internal:8443`.
+    #[arg(long = "allowed-host", env = "TOOLHOST_ALLOWED_HOSTS", value_delimiter = ',', value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
+
+    /// A browser Origin to accept besides those of the allowed hosts (repeatable).
+    #[arg(long = "allowed-origin", env = "TOOLHOST_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
+    /// The largest request body, in MiB. Default 16.
+    #[arg(long, env = "TOOLHOST_MAX_BODY_MB", value_name = "MIB")]
+    pub max_body_mb: Option<usize>,
+
+    /// Seconds running calls get to finish after SIGTERM/SIGINT. Default 30.
+    #[arg(long, env = "TOOLHOST_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub shutdown_grace: Option<f64>,
+
+    /// Seconds a streamable HTTP session may stay idle before it is closed. Default 3600.
+    #[arg(long, env = "TOOLHOST_SESSION_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub session_idle_timeout: Option<f64>,
+}
+
+/// What the MCP service offers, shared by `serve` and `stdio`.
+#[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Service")]
+pub struct AppArgs {
+    /// Where session workspaces live. Default: the cache folder's `workspaces/`.
+    #[arg(long, env = "TOOLHOST_WORKSPACES", value_name = "DIR")]
+    pub workspaces_dir: Option<PathBuf>,
+
+    /// Seconds a session's workspace is kept after the session ends. Default 600.
+    #[arg(long, env = "TOOLHOST_WORKSPACE_LINGER", value_name = "SECONDS")]
+    pub workspace_linger: Option<f64>,
+
+    /// Send images (plots the code made, image files read) as image content to every client.
+    /// Without it, only clients that connect with `?images=inline` get them: some clients (the
+    /// Mistral SDK) refuse non-text content.
+    #[arg(long, env = "TOOLHOST_INLINE_IMAGES")]
+    pub inline_images: bool,
+
+    /// A read-only folder offered as resources `file:///NAME/...` and mounted in the sandbox at
+    /// /NAME (repeatable), e.g. `--root logs=/var/log/app`.
+    #[arg(long = "root", value_name = "NAME=PATH", value_parser = parse_root)]
+    pub roots: Vec<(String, PathBuf)>,
+}
+
+fn parse_root(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), PathBuf::from(path))),
+        _ => Err(format!("expected NAME=PATH, got {text:?}")),
+    }
 }
 
 /// Limits and capacity, shared by every command that runs code.

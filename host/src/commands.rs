@@ -3,9 +3,14 @@
 pub mod bench;
 pub mod run;
 pub mod runtimes;
+pub mod serve;
+pub mod stdio;
+
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use crate::app::App;
 use crate::config::Settings;
 use crate::progress::Progress;
 use crate::runtime::{self, Cache, manifest};
@@ -31,4 +36,31 @@ pub fn known_runtime(name: &str) -> Result<manifest::Manifest> {
         let names: Vec<String> = manifest::builtin().into_iter().map(|m| m.name).collect();
         format!("unknown runtime {name:?}; toolhost ships: {}", names.join(", "))
     })
+}
+
+/// The service's state, with its runtime prepared on a blocking thread: the transports answer
+/// at once (health checks, `initialize`, `tools/list`) while a first start downloads and
+/// compiles. The returned task ends when the runtime is ready, or with why it cannot be.
+pub fn start_app(settings: &Settings) -> Result<(Arc<App>, tokio::task::JoinHandle<Result<()>>)> {
+    let limits = settings.sandbox.limits;
+    let app = Arc::new(App::new(&settings.app, limits, crate::tools::Registry::builtin(&limits))?);
+    app.sessions.spawn_reaper();
+    let preparing = app.clone();
+    let settings = settings.clone();
+    let ready = tokio::task::spawn_blocking(move || {
+        let names = vec![settings.sandbox.default_runtime.clone()];
+        match start_sandbox(&settings, &names, &Progress::log()) {
+            Ok(sandbox) => {
+                preparing.set_sandbox(sandbox);
+                tracing::info!("ready: the {} runtime is loaded", names.join(", "));
+                Ok(())
+            }
+            Err(e) => {
+                preparing.set_failed(format!("{e:#}"));
+                Err(e)
+            }
+        }
+    });
+    let ready = tokio::spawn(async move { ready.await.context("the runtime preparation panicked")? });
+    Ok((app, ready))
 }

@@ -2,13 +2,14 @@
 //! over defaults, merged once into one validated `Settings`. Nothing else reads the
 //! environment or the config file.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::cli::{GlobalArgs, LimitArgs, LogFormat};
+use crate::cli::{AppArgs, GlobalArgs, LimitArgs, LogFormat, ServerArgs};
 use crate::runtime::cache;
 use crate::sandbox::{Limits, SandboxConfig};
 
@@ -26,6 +27,55 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     #[serde(default)]
     pub sandbox: SandboxFile,
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub workspaces: WorkspacesFile,
+    #[serde(default)]
+    pub resources: ResourcesFile,
+    #[serde(default)]
+    pub tools: ToolsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<SocketAddr>,
+    pub tokens: Option<Vec<String>>,
+    pub allow_unauthenticated: Option<bool>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_body_mb: Option<usize>,
+    pub shutdown_grace_s: Option<f64>,
+    pub session_idle_timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspacesFile {
+    pub dir: Option<PathBuf>,
+    pub linger_s: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesFile {
+    #[serde(default)]
+    pub roots: Vec<RootSetting>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsFile {
+    pub inline_images: Option<bool>,
+}
+
+/// A read-only folder offered as resources and mounted in the sandbox.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RootSetting {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,16 +112,50 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub sandbox: SandboxConfig,
+    pub app: AppSettings,
+    pub server: ServerSettings,
+}
+
+/// What the MCP service offers (`serve` and `stdio`).
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    pub workspaces_dir: PathBuf,
+    pub workspace_linger: Duration,
+    pub inline_images: bool,
+    pub roots: Vec<RootSetting>,
+}
+
+/// The HTTP listener (`serve`).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub tokens: Vec<String>,
+    pub allow_unauthenticated: bool,
+    /// Host header values accepted besides loopback names.
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub session_idle_timeout: Duration,
+}
+
+/// The flags of the command being run; commands without a group pass its defaults.
+#[derive(Debug, Default)]
+pub struct Flags {
+    pub limits: LimitArgs,
+    pub app: AppArgs,
+    pub server: ServerArgs,
 }
 
 impl Settings {
     /// Reads the config file (if any) and merges it under the flags.
-    pub fn load(global: &GlobalArgs, limits: &LimitArgs) -> Result<Settings> {
+    pub fn load(global: &GlobalArgs, flags: &Flags) -> Result<Settings> {
         let file = read_file_config(global.config.as_deref())?;
-        Settings::merge(global, limits, file)
+        Settings::merge(global, flags, file)
     }
 
-    pub fn merge(global: &GlobalArgs, flags: &LimitArgs, file: FileConfig) -> Result<Settings> {
+    pub fn merge(global: &GlobalArgs, all: &Flags, file: FileConfig) -> Result<Settings> {
+        let flags = &all.limits;
         let defaults = Limits::default();
         let sandbox_defaults = SandboxConfig::default();
         let limits_file = &file.limits;
@@ -116,13 +200,85 @@ impl Settings {
             queue_depth: flags.queue_depth.or(file.sandbox.queue_depth).unwrap_or(sandbox_defaults.queue_depth),
             default_runtime: file.sandbox.default_runtime.clone().unwrap_or(sandbox_defaults.default_runtime),
         };
+        let cache_dir = global.cache_dir.clone().or_else(|| file.cache_dir.clone()).unwrap_or_else(cache::default_root);
+        let app = merge_app(&all.app, &file, &cache_dir)?;
+        let server = merge_server(&all.server, &file.server)?;
         Ok(Settings {
-            cache_dir: global.cache_dir.clone().or(file.cache_dir).unwrap_or_else(cache::default_root),
             log_format: global.log_format.or(file.log.format).unwrap_or(LogFormat::Text),
             log_filter: global.log.clone().or(file.log.filter).unwrap_or_else(|| "info".to_string()),
+            cache_dir,
             sandbox,
+            app,
+            server,
         })
     }
+}
+
+fn merge_app(flags: &AppArgs, file: &FileConfig, cache_dir: &Path) -> Result<AppSettings> {
+    let linger = flags.workspace_linger.or(file.workspaces.linger_s).unwrap_or(600.0);
+    let mut roots = file.resources.roots.clone();
+    for (name, path) in &flags.roots {
+        roots.retain(|r| &r.name != name);
+        roots.push(RootSetting { name: name.clone(), path: path.clone() });
+    }
+    Ok(AppSettings {
+        workspaces_dir: flags
+            .workspaces_dir
+            .clone()
+            .or_else(|| file.workspaces.dir.clone())
+            .unwrap_or_else(|| cache_dir.join("workspaces")),
+        workspace_linger: seconds("workspace linger", linger, 0.0)?,
+        inline_images: flags.inline_images || file.tools.inline_images.unwrap_or(false),
+        roots,
+    })
+}
+
+fn merge_server(flags: &ServerArgs, file: &ServerFile) -> Result<ServerSettings> {
+    let listen = flags.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
+    let tokens: Vec<String> =
+        if flags.tokens.is_empty() { file.tokens.clone().unwrap_or_default() } else { flags.tokens.clone() };
+    let tokens: Vec<String> = tokens.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let allow_unauthenticated = flags.allow_unauthenticated || file.allow_unauthenticated.unwrap_or(false);
+    let mut allowed_hosts = file.allowed_hosts.clone().unwrap_or_default();
+    allowed_hosts.extend(flags.allowed_hosts.iter().cloned());
+    let mut allowed_origins = file.allowed_origins.clone().unwrap_or_default();
+    allowed_origins.extend(flags.allowed_origins.iter().cloned());
+    let max_body_mb = positive("max body MiB", flags.max_body_mb.or(file.max_body_mb).unwrap_or(16))?;
+    Ok(ServerSettings {
+        listen,
+        tokens,
+        allow_unauthenticated,
+        allowed_hosts,
+        allowed_origins,
+        max_body_bytes: max_body_mb << 20,
+        shutdown_grace: seconds("shutdown grace", flags.shutdown_grace.or(file.shutdown_grace_s).unwrap_or(30.0), 0.0)?,
+        session_idle_timeout: seconds(
+            "session idle timeout",
+            flags.session_idle_timeout.or(file.session_idle_timeout_s).unwrap_or(3600.0),
+            1.0,
+        )?,
+    })
+}
+
+impl ServerSettings {
+    /// Listening beyond loopback without tokens is refused unless explicitly allowed.
+    pub fn check_exposure(&self) -> Result<()> {
+        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.allow_unauthenticated {
+            bail!(
+                "refusing to listen on {} without authentication: anyone who can reach it could run code. \
+                 Set TOOLHOST_TOKENS (comma-separated bearer tokens) or pass --allow-unauthenticated",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+fn seconds(what: &str, value: f64, min: f64) -> Result<Duration> {
+    if !(value >= min && value <= 31_536_000.0) {
+        bail!("{what} must be at least {min} seconds, not {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 fn positive<T: PartialOrd + Default + std::fmt::Display>(what: &str, value: T) -> Result<T> {
@@ -152,11 +308,15 @@ mod tests {
         GlobalArgs { config: None, cache_dir: None, log_format: None, log: None }
     }
 
+    fn limits(limits: LimitArgs) -> Flags {
+        Flags { limits, ..Flags::default() }
+    }
+
     #[test]
     fn flags_beat_the_file_which_beats_the_defaults() {
         let file: FileConfig =
             toml::from_str("[limits]\ntimeout_s = 10\nmemory_mb = 512\n[sandbox]\nqueue_depth = 3\n").expect("toml");
-        let flags = LimitArgs { timeout: Some(5.0), ..LimitArgs::default() };
+        let flags = limits(LimitArgs { timeout: Some(5.0), ..LimitArgs::default() });
         let settings = Settings::merge(&global(), &flags, file).expect("settings");
         assert_eq!(settings.sandbox.limits.timeout, Duration::from_secs(5));
         assert_eq!(settings.sandbox.limits.memory_bytes, 512 << 20);
@@ -168,10 +328,42 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         let unknown = toml::from_str::<FileConfig>("[limits]\ntimeout = 10\n");
         assert!(unknown.is_err(), "timeout_s is the key");
-        let flags = LimitArgs { memory_mb: Some(5), ..LimitArgs::default() };
+        let flags = limits(LimitArgs { memory_mb: Some(5), ..LimitArgs::default() });
         let err = Settings::merge(&global(), &flags, FileConfig::default()).expect_err("too small");
         assert!(err.to_string().contains("between 64 and 4096 MiB"), "{err}");
-        let flags = LimitArgs { timeout: Some(0.0), ..LimitArgs::default() };
+        let flags = limits(LimitArgs { timeout: Some(0.0), ..LimitArgs::default() });
         assert!(Settings::merge(&global(), &flags, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn a_public_listener_needs_tokens_or_an_explicit_flag() {
+        let public = |tokens: Vec<String>, allow: bool| {
+            let server = ServerArgs {
+                listen: Some("0.0.0.0:8000".parse().expect("addr")),
+                tokens,
+                allow_unauthenticated: allow,
+                ..ServerArgs::default()
+            };
+            let flags = Flags { server, ..Flags::default() };
+            Settings::merge(&global(), &flags, FileConfig::default()).expect("settings").server.check_exposure()
+        };
+        let refused = public(vec![], false).expect_err("refused");
+        assert!(refused.to_string().contains("TOOLHOST_TOKENS"), "{refused}");
+        public(vec!["secret".into()], false).expect("tokens");
+        public(vec![], true).expect("explicitly allowed");
+        let loopback = Settings::merge(&global(), &Flags::default(), FileConfig::default()).expect("settings");
+        loopback.server.check_exposure().expect("loopback needs no tokens");
+    }
+
+    #[test]
+    fn roots_come_from_the_file_and_the_flags() {
+        let file: FileConfig =
+            toml::from_str("[[resources.roots]]\nname = \"logs\"\npath = \"/var/log\"\n[[resources.roots]]\nname = \"data\"\npath = \"/srv\"\n")
+                .expect("toml");
+        let app = AppArgs { roots: vec![("data".into(), "/mnt/data".into())], ..AppArgs::default() };
+        let settings = Settings::merge(&global(), &Flags { app, ..Flags::default() }, file).expect("settings");
+        let roots: Vec<_> =
+            settings.app.roots.iter().map(|r| (r.name.as_str(), r.path.to_str().unwrap_or(""))).collect();
+        assert_eq!(roots, [("logs", "/var/log"), ("data", "/mnt/data")]);
     }
 }

@@ -23,10 +23,15 @@
 //! - Every limit has a default, lives in `sandbox::Limits`, and is enforced in `sandbox`.
 //! - Nothing unverified is compiled; nothing we did not write is loaded as compiled code.
 
+pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod mcp;
 pub mod progress;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
+pub mod sessions;
+pub mod tools;
 pub mod workspace;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use toolhost::cli::{Cli, Command, LogFormat};
 use toolhost::commands;
-use toolhost::config::Settings;
+use toolhost::config::{Flags, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,14 +20,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let limits = match &cli.command {
-        Command::Run(args) => args.limits.clone(),
-        Command::Bench(args) => args.limits.clone(),
-        Command::Runtime(_) => Default::default(),
+    let flags = match &cli.command {
+        Command::Serve(args) => {
+            Flags { limits: args.limits.clone(), app: args.app.clone(), server: args.server.clone() }
+        }
+        Command::Stdio(args) => Flags { limits: args.limits.clone(), app: args.app.clone(), ..Flags::default() },
+        Command::Run(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
+        Command::Bench(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
+        Command::Runtime(_) => Flags::default(),
     };
-    let settings = Settings::load(&cli.global, &limits)?;
+    let settings = Settings::load(&cli.global, &flags)?;
     init_logging(settings.log_format, &settings.log_filter);
     match cli.command {
+        Command::Serve(_) => commands::serve::run(settings),
+        Command::Stdio(args) => commands::stdio::run(settings, args.workspace),
         Command::Run(args) => commands::run::run(settings, args),
         Command::Runtime(command) => commands::runtimes::run(settings, command),
         Command::Bench(args) => commands::bench::run(settings, args),

@@ -251,6 +251,9 @@ impl Sandbox {
         let duration = started.elapsed();
         drop(scratch);
 
+        if let Some(fuel) = ran.fuel_used {
+            metrics::histogram!("toolhost_fuel_used").record(fuel as f64);
+        }
         let stdout = stdout.take();
         let stderr = stderr.take();
         let finished = Finished {

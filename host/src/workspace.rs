@@ -26,6 +26,8 @@ pub enum WorkspaceError {
     NotAFolder { path: String },
     #[error("the workspace quota would be exceeded: {what} (limit {limit}); delete files first")]
     QuotaExceeded { what: String, limit: String },
+    #[error("{path:?} is in a read-only folder")]
+    ReadOnly { path: String },
     #[error("{path:?}: {source}")]
     Io { path: String, source: io::Error },
 }
@@ -111,6 +113,7 @@ pub struct Workspace {
     root: PathBuf,
     dir: Dir,
     quota: Quota,
+    read_only: bool,
 }
 
 impl Workspace {
@@ -119,7 +122,14 @@ impl Workspace {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
-        Ok(Workspace { root, dir, quota })
+        Ok(Workspace { root, dir, quota, read_only: false })
+    }
+
+    /// Opens an existing folder that is only listed and read (a configured resource root).
+    pub fn open_read_only(root: impl Into<PathBuf>) -> io::Result<Workspace> {
+        let root = root.into();
+        let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
+        Ok(Workspace { root, dir, quota: Quota { bytes: 0, files: 0 }, read_only: true })
     }
 
     /// The host folder, to preopen as `/workspace`.
@@ -160,6 +170,9 @@ impl Workspace {
     pub fn write(&self, path: &str, bytes: &[u8]) -> Result<u64, WorkspaceError> {
         let rel = resolve(path)?;
         let shown = display(&rel);
+        if self.read_only {
+            return Err(WorkspaceError::ReadOnly { path: shown });
+        }
         let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             return Err(WorkspaceError::PathEscapes { path: path.into(), reason: "it names no file" });
         };
@@ -209,6 +222,9 @@ impl Workspace {
     pub fn delete(&self, path: &str) -> Result<Kind, WorkspaceError> {
         let rel = resolve(path)?;
         let shown = display(&rel);
+        if self.read_only {
+            return Err(WorkspaceError::ReadOnly { path: shown });
+        }
         if rel.as_os_str().is_empty() {
             return Err(WorkspaceError::PathEscapes {
                 path: path.into(),
@@ -296,7 +312,25 @@ pub fn display(rel: &Path) -> String {
 
 /// The `file:///workspace/...` URI of a workspace path.
 pub fn uri(path: &str) -> String {
-    format!("file:///workspace/{path}")
+    uri_under("workspace", path)
+}
+
+/// `file:///<prefix>/<path>`, each path segment percent-encoded.
+pub fn uri_under(prefix: &str, path: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    let encoded: Vec<String> =
+        path.split('/').map(|segment| percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()).collect();
+    format!("file:///{prefix}/{}", encoded.join("/"))
 }
 
 fn missing_folders(index: &Index, parent: &Path) -> u64 {
@@ -364,6 +398,12 @@ mod tests {
         for bad in ["../x", "a/../../x", "a/..", "/etc/passwd", "/workspacex/a", "a\0b"] {
             assert!(matches!(resolve(bad), Err(WorkspaceError::PathEscapes { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn uris_encode_each_segment() {
+        assert_eq!(uri("data/my file#1.csv"), "file:///workspace/data/my%20file%231.csv");
+        assert_eq!(uri_under("logs", "app.log"), "file:///logs/app.log");
     }
 
     #[test]

@@ -5,8 +5,12 @@
 mod capacity;
 mod cases;
 mod cli;
+mod http_guard;
 mod isolation;
 mod limits;
+mod mcp_client;
+mod mcp_http;
 mod packages;
+mod python_clients;
 mod runtimes;
 mod support;

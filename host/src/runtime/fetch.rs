@@ -60,6 +60,7 @@ pub fn fetch(manifest: &Manifest, cache: &Cache, progress: &Progress) -> Result<
         fs::remove_dir_all(&dest).with_context(|| format!("cannot replace the old runtime at {}", dest.display()))?;
     }
     let staged = staging.keep();
+    fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     fs::rename(&staged, &dest).with_context(|| format!("cannot move the runtime into {}", dest.display()))?;
     Ok(InstalledRuntime::at(manifest.clone(), dest))
 }
@@ -77,7 +78,9 @@ fn pip_download(manifest: &Manifest, dest: &Path, progress: &Progress) -> Result
         .args(["--disable-pip-version-check", "--no-input", "--dest"])
         .arg(dest)
         .arg(&requirement)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // pip reports on stdout; in `toolhost stdio` stdout carries only MCP messages.
+        .stdout(Stdio::from(io::stderr()));
     if !progress.is_interactive() {
         cmd.args(["--progress-bar", "off", "--quiet"]);
     }

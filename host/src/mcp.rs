@@ -1,0 +1,241 @@
+//! The MCP handler: rmcp's `ServerHandler` over the `App`. One handler per session, whatever
+//! the transport. This is the one place where tool outcomes and errors become MCP results.
+
+mod prompts;
+mod resources;
+mod results;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse, Implementation,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProgressToken, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, Tool, ToolAnnotations, UnsubscribeRequestParams,
+};
+use rmcp::service::{Peer, RequestContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::sessions::Session;
+use crate::tools::{ProgressSink, ToolContext, ToolDefinition};
+
+/// What the server tells a client about itself in `initialize`.
+const INSTRUCTIONS: &str = "toolhost runs Python in a fresh, isolated sandbox per call (code_interpreter) with \
+numpy, pandas, matplotlib and more, on a per-session workspace at /workspace that the file tools \
+(list_files, read_file, write_file, delete_file) share. Variables do not persist between calls; files do. \
+Workspace files are also resources (file:///workspace/...).";
+
+/// One session's MCP handler. Clones share the session.
+#[derive(Clone)]
+pub struct McpHandler {
+    app: Arc<App>,
+    session: Arc<Session>,
+}
+
+impl McpHandler {
+    pub fn new(app: Arc<App>, session: Arc<Session>) -> Self {
+        McpHandler { app, session }
+    }
+
+    /// Whether this request's client accepts image content: the operator enabled it, the
+    /// session was opened with `?images=inline`, or this request's URL carries it.
+    fn inline_images(&self, context: &RequestContext<RoleServer>) -> bool {
+        self.app.inline_images
+            || self.session.inline_images
+            || context
+                .extensions
+                .get::<http::request::Parts>()
+                .is_some_and(|parts| parts.uri.query().is_some_and(asks_for_inline_images))
+    }
+
+    /// Runs one tool call: validated arguments, progress, cancellation, the result.
+    async fn run_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, McpError> {
+        let name = request.name.to_string();
+        let started = Instant::now();
+        let progress =
+            context.meta.get_progress_token().map(|token| PeerProgress { peer: context.peer.clone(), token });
+        let ctx = ToolContext {
+            app: &self.app,
+            session: &self.session,
+            cancel: context.ct.clone(),
+            progress: progress.as_ref().map(|p| p as &dyn ProgressSink),
+            inline_images: self.inline_images(&context),
+        };
+        let Some(result) = self.app.registry.call(&name, request.arguments, &ctx).await else {
+            return Err(McpError::invalid_params(
+                format!("unknown tool {name:?}; this server has: {}", self.app.registry.names().join(", ")),
+                None,
+            ));
+        };
+        if result.as_ref().is_ok_and(|output| output.changed_workspace) {
+            self.announce_workspace_change(&context.peer).await;
+        }
+        results::to_call_tool_result(&name, result, started)
+    }
+
+    /// Tells this session's client the workspace changed: the resource list, and each
+    /// subscribed resource. Sent before the tool's result, so that a client closing the session
+    /// after the result never receives them mid-shutdown.
+    async fn announce_workspace_change(&self, peer: &Peer<RoleServer>) {
+        let _ = peer.notify_resource_list_changed().await;
+        for uri in self.session.subscriptions() {
+            let _ = peer.notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri)).await;
+        }
+    }
+}
+
+/// True when a URL query holds `images=inline`.
+pub fn asks_for_inline_images(query: &str) -> bool {
+    query.split('&').any(|pair| pair == "images=inline")
+}
+
+impl ServerHandler for McpHandler {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .enable_resources_list_changed()
+            .enable_prompts()
+            .build();
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("toolhost", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    /// Sessions hold the workspace, so the session-less 2026 lifecycle is not offered.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.app.registry.definitions().map(to_mcp_tool).collect()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.app.registry.get(name).map(to_mcp_tool)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let span = tracing::info_span!("tool_call", tool = %request.name, session = %self.session.id);
+        self.run_tool(request, context).instrument(span).await.map(Into::into)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        resources::list(&self.app, &self.session, request.and_then(|r| r.cursor))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(resources::templates(&self.app))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        resources::read(&self.app, &self.session, &request.uri).map(Into::into)
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        resources::check_uri(&self.app, &request.uri)?;
+        self.session.subscribe(request.uri);
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.session.unsubscribe(&request.uri);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(ListPromptsResult::with_all_items(prompts::list()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        prompts::get(&request.name, request.arguments.as_ref()).map(Into::into)
+    }
+}
+
+/// A tool's MCP description.
+fn to_mcp_tool(definition: &ToolDefinition) -> Tool {
+    let object = |value: &serde_json::Value| match value {
+        serde_json::Value::Object(map) => Arc::new(map.clone()),
+        _ => Arc::new(serde_json::Map::new()),
+    };
+    let hints = definition.hints;
+    let mut tool = Tool::new(definition.name.clone(), definition.description.clone(), object(&definition.input_schema))
+        .with_title(definition.title.clone())
+        .with_annotations(
+            ToolAnnotations::new()
+                .read_only(hints.read_only)
+                .destructive(hints.destructive)
+                .idempotent(hints.idempotent)
+                .open_world(hints.open_world),
+        );
+    if let Some(output) = &definition.output_schema {
+        tool = tool.with_raw_output_schema(object(output));
+    }
+    tool
+}
+
+/// Progress notifications to the client that asked for them.
+struct PeerProgress {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+}
+
+#[async_trait]
+impl ProgressSink for PeerProgress {
+    async fn progress(&self, progress: f64, total: Option<f64>, message: String) {
+        let mut param = ProgressNotificationParam::new(self.token.clone(), progress).with_message(message);
+        if let Some(total) = total {
+            param = param.with_total(total);
+        }
+        let _ = self.peer.notify_progress(param).await;
+    }
+}

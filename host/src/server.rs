@@ -1,0 +1,130 @@
+//! The HTTP server: one axum router with streamable HTTP at `/mcp` (rmcp's service), the legacy
+//! HTTP+SSE transport at `/sse` + `/messages`, `/healthz`, `/readyz` and `/metrics`. The MCP
+//! endpoints sit behind one guard (Host, Origin, bearer token, body size). Shutdown stops
+//! accepting, lets running calls finish within the grace period, then closes the sessions.
+
+mod guard;
+mod health;
+mod sse;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::routing::{get, post};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use health::install_metrics;
+
+use crate::app::App;
+use crate::config::ServerSettings;
+use crate::mcp::McpHandler;
+
+/// Keep-alive comments on long-lived SSE streams.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The server's parts that live as long as it does.
+#[derive(Clone)]
+pub struct Server {
+    app: Arc<App>,
+    settings: ServerSettings,
+    /// Cancelled to close every session (SSE streams, streamable HTTP sessions).
+    sessions: CancellationToken,
+}
+
+impl Server {
+    pub fn new(app: Arc<App>, settings: ServerSettings) -> Server {
+        Server { app, settings, sessions: CancellationToken::new() }
+    }
+
+    /// The router: MCP endpoints behind the guard, health and metrics open.
+    pub fn router(&self) -> Router {
+        let app = self.app.clone();
+        let mut session_manager = LocalSessionManager::default();
+        session_manager.session_config.keep_alive = Some(self.settings.session_idle_timeout);
+        let config = StreamableHttpServerConfig::default()
+            .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
+            // The guard below checks Host and Origin for every MCP endpoint, this one included.
+            .disable_allowed_hosts()
+            .with_max_request_body_bytes(self.settings.max_body_bytes)
+            .with_cancellation_token(self.sessions.child_token());
+        let streamable = StreamableHttpService::new(
+            move || Ok(McpHandler::new(app.clone(), app.sessions.open(false))),
+            Arc::new(session_manager),
+            config,
+        );
+        let legacy = sse::Legacy::new(self.app.clone(), self.sessions.clone());
+        let mcp = Router::new()
+            .route_service("/mcp", streamable)
+            .route("/sse", get(sse::open))
+            .route("/messages", post(sse::message))
+            .with_state(legacy)
+            .layer(axum::middleware::from_fn_with_state(guard::Policy::new(&self.settings), guard::check));
+        Router::new()
+            .merge(mcp)
+            .merge(health::router(self.app.clone()))
+            .layer(axum::extract::DefaultBodyLimit::max(self.settings.max_body_bytes))
+    }
+
+    /// Serves on `listener` until `stop` completes, then shuts down gracefully.
+    pub async fn serve(self, listener: TcpListener, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let router = self.router();
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+        let server = self.clone();
+        tokio::spawn(async move {
+            stop.await;
+            server.app.set_shutting_down();
+            let _ = stopping_tx.send(());
+            server.drain().await;
+        });
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopping.await;
+            })
+            .await
+            .context("the HTTP server failed")?;
+        self.app.sessions.reap_all();
+        Ok(())
+    }
+
+    /// Waits for running calls to finish (at most the grace period), then closes the sessions.
+    async fn drain(&self) {
+        let grace = self.settings.shutdown_grace;
+        let until = Instant::now() + grace;
+        tracing::info!("shutting down: no new connections; running calls have {grace:?} to finish");
+        while self.app.running_calls() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.app.running_calls();
+        if left > 0 {
+            tracing::warn!("{left} calls still running after the grace period; stopping them");
+        }
+        self.sessions.cancel();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}

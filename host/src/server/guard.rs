@@ -1,0 +1,187 @@
+//! The guard in front of every MCP endpoint: the Host header must name this server (DNS
+//! rebinding), a browser's Origin must be one we accept, the bearer token must match (compared
+//! in constant time), and the body must fit the cap. Each refusal says why and what to do.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use crate::config::ServerSettings;
+
+/// Host names accepted on any port without configuration.
+const LOOPBACK_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+#[derive(Clone)]
+pub struct Policy(Arc<Rules>);
+
+struct Rules {
+    /// Accepted Host values: a bare name matches any port, `name:port` only that port.
+    hosts: Vec<String>,
+    origins: Vec<String>,
+    tokens: Vec<Vec<u8>>,
+    max_body_bytes: usize,
+}
+
+impl Policy {
+    pub fn new(settings: &ServerSettings) -> Policy {
+        let mut hosts: Vec<String> = LOOPBACK_NAMES.iter().map(|h| h.to_string()).collect();
+        hosts.extend(settings.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()));
+        if !settings.listen.ip().is_unspecified() {
+            hosts.push(settings.listen.ip().to_string());
+        }
+        Policy(Arc::new(Rules {
+            hosts,
+            origins: settings.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
+            tokens: settings.tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            max_body_bytes: settings.max_body_bytes,
+        }))
+    }
+}
+
+pub async fn check(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+    let rules = &policy.0;
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !host_allowed(&rules.hosts, &host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("the Host header {host:?} is not allowed; start toolhost with --allowed-host {}", name_of(&host)),
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
+        if !origin_allowed(rules, &origin) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("the Origin {origin:?} is not allowed; start toolhost with --allowed-origin {origin}"),
+            );
+        }
+    }
+    if !rules.tokens.is_empty() {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim);
+        match presented {
+            None => return unauthorized("missing bearer token: send `Authorization: Bearer <token>`", None),
+            Some(token) if !token_matches(&rules.tokens, token.as_bytes()) => {
+                return unauthorized("invalid bearer token", Some("invalid_token"));
+            }
+            Some(_) => {}
+        }
+    }
+    let length =
+        headers.get(header::CONTENT_LENGTH).and_then(|h| h.to_str().ok()).and_then(|h| h.parse::<usize>().ok());
+    if let Some(length) = length
+        && length > rules.max_body_bytes
+    {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body has {length} bytes, more than the {} MiB limit (--max-body-mb); send large files in parts",
+                rules.max_body_bytes >> 20
+            ),
+        );
+    }
+    next.run(request).await
+}
+
+/// Compares against every token, each in constant time, without stopping at the first match.
+fn token_matches(tokens: &[Vec<u8>], presented: &[u8]) -> bool {
+    tokens.iter().fold(false, |found, token| found | bool::from(token.as_slice().ct_eq(presented)))
+}
+
+fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let name = name_of(host);
+    allowed.iter().any(|entry| entry == host || entry == name)
+}
+
+/// The host name of a `Host` value, without its port (and without IPv6 brackets).
+fn name_of(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn origin_allowed(rules: &Rules, origin: &str) -> bool {
+    if rules.origins.iter().any(|o| o == origin) {
+        return true;
+    }
+    match origin.split_once("://") {
+        Some(("http" | "https", authority)) => host_allowed(&rules.hosts, authority),
+        _ => false,
+    }
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    tracing::info!(status = status.as_u16(), "refused: {message}");
+    (status, message).into_response()
+}
+
+fn unauthorized(message: &str, error: Option<&str>) -> Response {
+    let challenge = match error {
+        Some(error) => format!("Bearer realm=\"toolhost\", error=\"{error}\""),
+        None => "Bearer realm=\"toolhost\"".to_string(),
+    };
+    let mut response = refuse(StatusCode::UNAUTHORIZED, message.to_string());
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(extra: &[&str]) -> Vec<String> {
+        LOOPBACK_NAMES.iter().chain(extra).map(|h| h.to_string()).collect()
+    }
+
+    #[test]
+    fn hosts_match_with_or_without_port() {
+        let allowed = hosts(&["toolhost.internal", "proxy.example:8443"]);
+        for ok in
+            ["localhost", "localhost:8000", "127.0.0.1:1", "[::1]:8000", "toolhost.internal:80", "proxy.example:8443"]
+        {
+            assert!(host_allowed(&allowed, ok), "{ok}");
+        }
+        for refused in ["evil.example", "evil.example:8000", "proxy.example:9000", "localhost.evil.example", ""] {
+            assert!(!host_allowed(&allowed, refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn origins_follow_the_allowed_hosts_or_the_list() {
+        let rules =
+            Rules { hosts: hosts(&[]), origins: vec!["https://app.example".into()], tokens: vec![], max_body_bytes: 1 };
+        assert!(origin_allowed(&rules, "http://localhost:6274"));
+        assert!(origin_allowed(&rules, "https://app.example"));
+        assert!(!origin_allowed(&rules, "https://evil.example"));
+        assert!(!origin_allowed(&rules, "null"));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        let tokens = vec![b"alpha-token".to_vec(), b"beta".to_vec()];
+        assert!(token_matches(&tokens, b"beta"));
+        assert!(token_matches(&tokens, b"alpha-token"));
+        assert!(!token_matches(&tokens, b"alpha"));
+        assert!(!token_matches(&tokens, b""));
+    }
+}

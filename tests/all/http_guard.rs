@@ -1,0 +1,223 @@
+//! What the HTTP layer refuses, and how: a missing or wrong token, a foreign Host, a foreign
+//! Origin, an oversized body, malformed JSON-RPC, an unknown legacy session. After each, the
+//! server is still up and other sessions are untouched. Also health, readiness and metrics.
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::mcp_client::{call, connect, text};
+use crate::support::{TestServer, start_server};
+
+const TOKEN: &str = "s3cret-token";
+
+fn initialize() -> serde_json::Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+}
+
+fn post_mcp(server: &TestServer) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(format!("{}/mcp", server.url))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+}
+
+async fn still_up(server: &TestServer) {
+    let health = reqwest::get(format!("{}/healthz", server.url)).await.expect("healthz");
+    assert_eq!(health.status(), 200);
+    let client = connect(&server.url, Some(TOKEN)).await;
+    let result = call(&client, "calculate_sum", json!({"a": 1, "b": 1})).await;
+    assert_eq!(text(&result), "2");
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_checked() {
+    let server = start_server(|s| s.server.tokens = vec![TOKEN.into(), "other".into()]).await;
+    let missing = post_mcp(&server).json(&initialize()).send().await.expect("sent");
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer realm=\"toolhost\"");
+    let wrong = post_mcp(&server).bearer_auth("s3cret-tokeX").json(&initialize()).send().await.expect("sent");
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers()["www-authenticate"].to_str().unwrap_or_default().contains("invalid_token"));
+    let sse = reqwest::get(format!("{}/sse", server.url)).await.expect("sent");
+    assert_eq!(sse.status(), 401, "the legacy transport is guarded too");
+    let messages = reqwest::Client::new()
+        .post(format!("{}/messages?sessionId=x", server.url))
+        .body("{}")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(messages.status(), 401);
+    let right = post_mcp(&server).bearer_auth(TOKEN).json(&initialize()).send().await.expect("sent");
+    assert_eq!(right.status(), 200);
+    let health = reqwest::get(format!("{}/healthz", server.url)).await.expect("sent");
+    assert_eq!(health.status(), 200, "health needs no token");
+    still_up(&server).await;
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused() {
+    let server = start_server(|s| {
+        s.server.tokens = vec![TOKEN.into()];
+        s.server.allowed_hosts = vec!["toolhost.internal".into()];
+    })
+    .await;
+    let evil_host = post_mcp(&server)
+        .bearer_auth(TOKEN)
+        .header("host", "evil.example")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(evil_host.status(), 403);
+    let body = evil_host.text().await.expect("body");
+    assert!(body.contains("--allowed-host evil.example"), "{body}");
+    let configured = post_mcp(&server)
+        .bearer_auth(TOKEN)
+        .header("host", "toolhost.internal:8000")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(configured.status(), 200);
+    let evil_origin = post_mcp(&server)
+        .bearer_auth(TOKEN)
+        .header("origin", "https://evil.example")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(evil_origin.status(), 403);
+    let local_origin = post_mcp(&server)
+        .bearer_auth(TOKEN)
+        .header("origin", "http://localhost:6274")
+        .json(&initialize())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(local_origin.status(), 200);
+    let sse = reqwest::Client::new()
+        .get(format!("{}/sse", server.url))
+        .bearer_auth(TOKEN)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(sse.status(), 403);
+    still_up(&server).await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_the_limit() {
+    let server = start_server(|s| {
+        s.server.tokens = vec![TOKEN.into()];
+        s.server.max_body_bytes = 1 << 20;
+    })
+    .await;
+    let huge = "x".repeat(2 << 20);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_file", "arguments": {"path": "big", "content": huge}}});
+    let refused = post_mcp(&server).bearer_auth(TOKEN).json(&call).send().await.expect("sent");
+    assert_eq!(refused.status(), 413);
+    assert!(refused.text().await.expect("body").contains("1 MiB limit"));
+    let legacy = reqwest::Client::new()
+        .post(format!("{}/messages?sessionId=whatever", server.url))
+        .bearer_auth(TOKEN)
+        .body(serde_json::to_vec(&call).expect("json"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(legacy.status(), 413);
+    still_up(&server).await;
+}
+
+#[tokio::test]
+async fn malformed_json_rpc_gets_a_clear_error() {
+    let server = start_server(|s| s.server.tokens = vec![TOKEN.into()]).await;
+    let garbage = post_mcp(&server).bearer_auth(TOKEN).body("{not json").send().await.expect("sent");
+    assert!(garbage.status().is_client_error(), "{}", garbage.status());
+    let not_rpc = post_mcp(&server).bearer_auth(TOKEN).body("{\"hello\": 1}").send().await.expect("sent");
+    assert!(not_rpc.status().is_client_error(), "{}", not_rpc.status());
+
+    // The legacy transport: open a stream, read its endpoint, then post garbage to it.
+    let stream =
+        reqwest::Client::new().get(format!("{}/sse", server.url)).bearer_auth(TOKEN).send().await.expect("sse");
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut body = stream.bytes_stream();
+    let mut head = String::new();
+    while !head.contains("\n\n") {
+        let chunk = body.next().await.expect("an event").expect("bytes");
+        head.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(head.starts_with("event: endpoint\ndata: /messages?sessionId="), "{head}");
+    let endpoint = head.lines().nth(1).and_then(|l| l.strip_prefix("data: ")).expect("endpoint").to_string();
+    let post = |body: &'static str| {
+        reqwest::Client::new().post(format!("{}{endpoint}", server.url)).bearer_auth(TOKEN).body(body).send()
+    };
+    let parse_error = post("{not json").await.expect("sent");
+    assert_eq!(parse_error.status(), 400);
+    let parsed: serde_json::Value = parse_error.json().await.expect("json-rpc error");
+    assert_eq!(parsed["error"]["code"], -32700);
+    let invalid = post("{\"jsonrpc\": \"2.0\", \"nonsense\": true}").await.expect("sent");
+    let parsed: serde_json::Value = invalid.json().await.expect("json-rpc error");
+    assert_eq!(parsed["error"]["code"], -32600);
+    let accepted = post("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2024-11-05\",\"capabilities\":{},\"clientInfo\":{\"name\":\"raw\",\"version\":\"0\"}}}")
+        .await
+        .expect("sent");
+    assert_eq!(accepted.status(), 202);
+    let mut reply = String::new();
+    while !reply.contains("\"result\"") {
+        let chunk = body.next().await.expect("an event").expect("bytes");
+        reply.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(reply.contains("event: message") && reply.contains("\"name\":\"toolhost\""), "{reply}");
+
+    let unknown = reqwest::Client::new()
+        .post(format!("{}/messages?sessionId=0000", server.url))
+        .bearer_auth(TOKEN)
+        .body("{}")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.text().await.expect("body").contains("open a new stream with GET /sse"));
+    still_up(&server).await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let server = start_server(|_| {}).await;
+    let ready = reqwest::get(format!("{}/readyz", server.url)).await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<serde_json::Value>().await.expect("json")["status"], "ready");
+    let client = connect(&server.url, None).await;
+    call(&client, "code_interpreter", json!({"code": "print(1)"})).await;
+    let metrics = reqwest::get(format!("{}/metrics", server.url)).await.expect("metrics").text().await.expect("text");
+    for name in [
+        "toolhost_tool_calls_total",
+        "toolhost_tool_call_duration_seconds_bucket",
+        "toolhost_instances_in_flight",
+        "toolhost_queue_depth",
+        "toolhost_fuel_used",
+        "toolhost_sessions_active",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    }
+    assert!(metrics.contains("tool=\"code_interpreter\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_call_finish() {
+    let server = start_server(|_| {}).await;
+    let client = connect(&server.url, None).await;
+    let app = server.app.clone();
+    let running = call(&client, "code_interpreter", json!({"code": "import time\ntime.sleep(1.5)\nprint('finished')"}));
+    let stop = async {
+        while app.running_calls() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        server.shutdown().await;
+    };
+    let (result, ()) = tokio::join!(running, stop);
+    assert_eq!(text(&result), "finished\n");
+}

@@ -1,0 +1,28 @@
+//! The official Python MCP SDK (legacy SSE, streamable HTTP, stdio) and the agent frameworks
+//! the README documents (Mistral, OpenAI Agents SDK, pydantic-ai), driven by pytest
+//! (tests/python) against a real server with a bearer token.
+
+use crate::support::{python_venv, settings, start_server, toolhost_bin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_clients_work_against_the_server() {
+    let python = tokio::task::spawn_blocking(python_venv).await.expect("venv");
+    let server = start_server(|s| s.server.tokens = vec!["python-test-token".into()]).await;
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python");
+    let output = tokio::process::Command::new(python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short"])
+        .arg(&tests)
+        .env("TOOLHOST_URL", &server.url)
+        .env("TOOLHOST_TOKEN", "python-test-token")
+        .env("TOOLHOST_BIN", toolhost_bin())
+        .env("TOOLHOST_CACHE", settings().cache_dir)
+        .output()
+        .await
+        .expect("pytest runs");
+    assert!(
+        output.status.success(),
+        "pytest failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
