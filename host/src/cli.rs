@@ -255,6 +255,16 @@ pub enum RuntimeCommand {
     List,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Calls straight into the sandbox.
+    InProcess,
+    /// Calls from rmcp clients over streamable HTTP to a server on 127.0.0.1.
+    Http,
+    /// Both.
+    All,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Calls per workload and concurrency level (fewer when --seconds runs out first).
@@ -265,9 +275,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
     pub seconds: f64,
 
-    /// Concurrency levels, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2", value_name = "LIST")]
+    /// Concurrency levels (clients calling at once), comma-separated. Guests beyond
+    /// --max-concurrency wait in the queue, as they would on a server.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,8", value_name = "LIST")]
     pub concurrency: Vec<usize>,
+
+    /// In process (the sandbox alone), end to end over streamable HTTP, or both.
+    #[arg(long, value_enum, default_value = "all")]
+    pub mode: BenchMode,
 
     /// Only the workloads whose name contains this.
     #[arg(long, value_name = "TEXT")]

@@ -1,18 +1,25 @@
-//! `toolhost bench`: the DESIGN.md section 10 workloads, in process (sandbox only), at each
-//! concurrency level: min/p50/p95/p99/max latency per call, calls per second, peak RSS.
+//! `toolhost bench`: the DESIGN.md section 10 workloads at each concurrency level, in process
+//! (the sandbox alone) and end to end (rmcp clients over streamable HTTP to a server on
+//! 127.0.0.1): min/p50/p95/p99/max latency per call, calls per second, peak RSS.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::BenchArgs;
+use crate::app::App;
+use crate::cli::{BenchArgs, BenchMode};
 use crate::config::Settings;
 use crate::progress::Progress;
 use crate::sandbox::{Call, Sandbox};
+use crate::server::Server;
 use crate::workspace::{Quota, Workspace};
 
 /// The workloads of DESIGN.md section 10, by name.
@@ -72,59 +79,164 @@ pub struct Row {
     pub skipped: Option<String>,
 }
 
-pub fn run(mut settings: Settings, args: BenchArgs) -> Result<ExitCode> {
+/// What the calls go to: the sandbox in this process, or an MCP server over HTTP.
+enum Target {
+    InProcess { sandbox: Sandbox, runtime: String, workspaces: Vec<Workspace> },
+    Http { clients: Vec<RunningService<rmcp::RoleClient, ()>> },
+}
+
+impl Target {
+    fn mode(&self) -> &'static str {
+        match self {
+            Target::InProcess { .. } => "in-process",
+            Target::Http { .. } => "http",
+        }
+    }
+
+    /// One call by worker `worker`; the inner `Err` says why the code did not run cleanly.
+    async fn call(&self, worker: usize, code: &str) -> Result<Result<(), String>> {
+        match self {
+            Target::InProcess { sandbox, runtime, workspaces } => {
+                let outcome = sandbox
+                    .run(Call {
+                        code: code.to_string(),
+                        runtime: Some(runtime),
+                        stdin: Vec::new(),
+                        workspace: &workspaces[worker],
+                        limits: sandbox.limits(),
+                        roots: Vec::new(),
+                        cancel: CancellationToken::new(),
+                    })
+                    .await?;
+                Ok(if outcome.is_ok() {
+                    Ok(())
+                } else {
+                    Err(outcome
+                        .error
+                        .map_or_else(|| outcome.status.as_str().into(), |e| format!("{}: {}", e.kind, e.message)))
+                })
+            }
+            Target::Http { clients } => {
+                let mut arguments = serde_json::Map::new();
+                arguments.insert("code".into(), code.into());
+                let result = clients[worker]
+                    .call_tool(CallToolRequestParams::new("code_interpreter").with_arguments(arguments))
+                    .await?;
+                Ok(if result.is_error == Some(true) {
+                    Err(result.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).unwrap_or_default())
+                } else {
+                    Ok(())
+                })
+            }
+        }
+    }
+}
+
+pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
     let levels: Vec<usize> = args.concurrency.iter().copied().filter(|&c| c > 0).collect();
-    settings.sandbox.max_concurrency = levels.iter().copied().max().unwrap_or(1);
+    let most = levels.iter().copied().max().unwrap_or(1);
     let runtime = args.runtime.clone().unwrap_or_else(|| settings.sandbox.default_runtime.clone());
     let sandbox = super::start_sandbox(&settings, std::slice::from_ref(&runtime), &Progress::auto())?;
     let executor = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let budget = Duration::from_secs_f64(args.seconds);
-    let mut rows = Vec::new();
-    for (name, code) in WORKLOADS {
-        if args.only.as_deref().is_some_and(|only| !name.contains(only)) {
-            continue;
+    executor.block_on(async move {
+        let folders = tempfile::tempdir()?;
+        let limits = sandbox.limits();
+        let quota = Quota { bytes: limits.workspace_bytes, files: limits.workspace_files };
+        let mut targets = Vec::new();
+        if matches!(args.mode, BenchMode::InProcess | BenchMode::All) {
+            let workspaces = (0..most)
+                .map(|i| Workspace::open(folders.path().join(format!("w{i}")), quota))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            targets.push(Arc::new(Target::InProcess {
+                sandbox: sandbox.clone(),
+                runtime: runtime.clone(),
+                workspaces,
+            }));
         }
-        for &concurrency in &levels {
-            let row =
-                executor.block_on(measure(&sandbox, &runtime, name, code, concurrency, args.iterations, budget))?;
-            if !args.json {
-                print_row(&row, rows.is_empty());
+        let mut server = None;
+        if matches!(args.mode, BenchMode::Http | BenchMode::All) {
+            let (url, stop) = local_server(&settings, sandbox.clone(), folders.path()).await?;
+            server = Some(stop);
+            let mut clients = Vec::new();
+            for _ in 0..most {
+                let transport = StreamableHttpClientTransport::from_uri(format!("{url}/mcp"));
+                clients.push(().serve(transport).await.context("cannot connect to the local server")?);
             }
-            rows.push(row);
+            targets.push(Arc::new(Target::Http { clients }));
         }
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    }
-    Ok(ExitCode::SUCCESS)
+        let mut rows = Vec::new();
+        for target in &targets {
+            for (name, code) in WORKLOADS {
+                if args.only.as_deref().is_some_and(|only| !name.contains(only)) {
+                    continue;
+                }
+                for &concurrency in &levels {
+                    let row = measure(target.clone(), name, code, concurrency, args.iterations, budget).await?;
+                    if !args.json {
+                        print_row(&row, rows.is_empty());
+                    }
+                    rows.push(row);
+                }
+            }
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        for target in targets {
+            if let Ok(Target::Http { clients }) = Arc::try_unwrap(target) {
+                for client in clients {
+                    let _ = client.cancel().await;
+                }
+            }
+        }
+        if let Some(stop) = server {
+            let _ = stop.send(());
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A server on 127.0.0.1 on the given sandbox; returns its URL and a sender that stops it.
+async fn local_server(
+    settings: &Settings,
+    sandbox: Sandbox,
+    scratch: &std::path::Path,
+) -> Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let mut app_settings = settings.app.clone();
+    app_settings.workspaces_dir = scratch.join("sessions");
+    let limits = settings.sandbox.limits;
+    let app = Arc::new(App::new(&app_settings, limits, crate::tools::Registry::builtin(&limits))?);
+    app.set_sandbox(sandbox);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mut server_settings = settings.server.clone();
+    server_settings.tokens.clear();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(Server::new(app, server_settings).serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Ok((url, stop))
 }
 
 async fn measure(
-    sandbox: &Sandbox,
-    runtime: &str,
+    target: Arc<Target>,
     name: &str,
     code: &str,
     concurrency: usize,
     iterations: usize,
     budget: Duration,
 ) -> Result<Row> {
-    let limits = sandbox.limits();
-    let quota = Quota { bytes: limits.workspace_bytes, files: limits.workspace_files };
-    let folders: Vec<tempfile::TempDir> = (0..concurrency).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
-    let workspaces: Vec<Arc<Workspace>> =
-        folders.iter().map(|d| Workspace::open(d.path(), quota).map(Arc::new)).collect::<Result<_, _>>()?;
     let mut row = Row {
-        mode: "in-process",
+        mode: target.mode(),
         workload: name.to_string(),
         concurrency,
         latency: None,
         peak_rss_mb: None,
         skipped: None,
     };
-
     // One warm-up call, which also tells whether the runtime can run this workload.
-    let warm = one_call(sandbox, runtime, code, &workspaces[0]).await?;
-    if let Err(why) = warm {
+    if let Err(why) = target.call(0, code).await? {
         row.skipped = Some(why);
         return Ok(row);
     }
@@ -132,16 +244,14 @@ async fn measure(
     let started = Instant::now();
     let per_worker = iterations.div_ceil(concurrency);
     let mut workers = Vec::new();
-    for workspace in &workspaces {
-        let sandbox = sandbox.clone();
-        let workspace = workspace.clone();
-        let runtime = runtime.to_string();
+    for worker in 0..concurrency {
+        let target = target.clone();
         let code = code.to_string();
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             while samples.len() < per_worker && started.elapsed() < budget {
                 let began = Instant::now();
-                one_call(&sandbox, &runtime, &code, &workspace).await?.map_err(|e| anyhow::anyhow!(e))?;
+                target.call(worker, &code).await?.map_err(|e| anyhow::anyhow!(e))?;
                 samples.push(began.elapsed());
             }
             anyhow::Ok(samples)
@@ -154,26 +264,6 @@ async fn measure(
     row.latency = Some(Latency::of(samples, started.elapsed()));
     row.peak_rss_mb = peak_rss_mb();
     Ok(row)
-}
-
-/// One call; `Err` inside when the code did not run cleanly.
-async fn one_call(sandbox: &Sandbox, runtime: &str, code: &str, workspace: &Workspace) -> Result<Result<(), String>> {
-    let outcome = sandbox
-        .run(Call {
-            code: code.to_string(),
-            runtime: Some(runtime),
-            stdin: Vec::new(),
-            workspace,
-            limits: sandbox.limits(),
-            roots: Vec::new(),
-            cancel: CancellationToken::new(),
-        })
-        .await?;
-    Ok(if outcome.is_ok() {
-        Ok(())
-    } else {
-        Err(outcome.error.map_or_else(|| outcome.status.as_str().to_string(), |e| format!("{}: {}", e.kind, e.message)))
-    })
 }
 
 fn print_row(row: &Row, header: bool) {
