@@ -128,3 +128,20 @@ fn ci_runs_exactly_the_readme_test_command() {
     let ci = std::fs::read_to_string(root.join(".ci/run")).expect(".ci/run");
     assert!(ci.lines().any(|l| l.trim() == command), ".ci/run must run `{command}`");
 }
+
+#[test]
+fn logs_can_be_json_lines() {
+    sandbox();
+    let output = Command::new(toolhost_bin())
+        .args(["--log-format", "json", "--log", "info", "run", "-c", "print(1)"])
+        .output()
+        .expect("toolhost runs");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "info logs were written");
+    for line in lines {
+        let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(parsed.get("level").is_some() && parsed.get("fields").is_some(), "{line}");
+    }
+}

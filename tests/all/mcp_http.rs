@@ -296,3 +296,27 @@ async fn a_spinning_session_does_not_hold_up_another() {
         printed = print => assert_eq!(text(&printed), "quick\n"),
     }
 }
+
+#[tokio::test]
+async fn configured_roots_are_resources_and_read_only_mounts() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    std::fs::write(logs.path().join("app.log"), "INFO start\nERROR disk full\nINFO stop\n").expect("log");
+    let root = toolhost::config::RootSetting { name: "logs".into(), path: logs.path().to_path_buf() };
+    let server = start_server(move |s| s.app.roots = vec![root]).await;
+    let client = connect(&server.url, None).await;
+    let resources = client.list_all_resources().await.expect("resources");
+    assert!(resources.iter().any(|r| r.uri == "file:///logs/app.log"), "{resources:?}");
+    let templates = client.list_all_resource_templates().await.expect("templates");
+    assert!(templates.iter().any(|t| t.uri_template == "file:///logs/{path}"));
+    let read = client.read_resource(ReadResourceRequestParams::new("file:///logs/app.log")).await.expect("read");
+    match &read.contents[0] {
+        ResourceContents::TextResourceContents { text, .. } => assert!(text.contains("ERROR disk full")),
+        other => panic!("expected text, got {other:?}"),
+    }
+    let escape = client.read_resource(ReadResourceRequestParams::new("file:///logs/../../etc/passwd")).await;
+    assert!(escape.is_err(), "a root is confined too");
+    let code = "print(sum('ERROR' in line for line in open('/logs/app.log')))\ntry:\n    open('/logs/new.txt', 'w')\nexcept OSError as e:\n    print(type(e).__name__)";
+    let ran = call(&client, "code_interpreter", json!({"code": code})).await;
+    assert_eq!(text(&ran), "1\nPermissionError\n", "readable, not writable");
+    assert!(!logs.path().join("new.txt").exists());
+}
