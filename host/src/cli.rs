@@ -233,6 +233,16 @@ pub struct LimitArgs {
     /// Calls that may wait for a free slot before new ones are refused as busy. Default 64.
     #[arg(long, env = "TOOLHOST_QUEUE_DEPTH", value_name = "N")]
     pub queue_depth: Option<usize>,
+
+    /// Run the python runtime from its stock module instead of a snapshot with the preload
+    /// already imported (slower calls; no snapshot to build on first start).
+    #[arg(long, env = "TOOLHOST_NO_SNAPSHOT")]
+    pub no_snapshot: bool,
+
+    /// Modules the snapshot imports ahead of calls, comma-separated.
+    /// Default: numpy,pandas,matplotlib,matplotlib.pyplot.
+    #[arg(long, env = "TOOLHOST_PRELOAD", value_delimiter = ',', value_name = "MODULES")]
+    pub preload: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -103,6 +103,8 @@ pub struct SandboxFile {
     pub max_concurrency: Option<usize>,
     pub queue_depth: Option<usize>,
     pub default_runtime: Option<String>,
+    pub snapshot: Option<bool>,
+    pub preload: Option<Vec<String>>,
 }
 
 /// Everything toolhost runs with, validated.
@@ -199,7 +201,23 @@ impl Settings {
             )?,
             queue_depth: flags.queue_depth.or(file.sandbox.queue_depth).unwrap_or(sandbox_defaults.queue_depth),
             default_runtime: file.sandbox.default_runtime.clone().unwrap_or(sandbox_defaults.default_runtime),
+            snapshot: !flags.no_snapshot && file.sandbox.snapshot.unwrap_or(true),
+            preload: if flags.preload.is_empty() {
+                file.sandbox.preload.clone().unwrap_or(sandbox_defaults.preload)
+            } else {
+                flags.preload.clone()
+            },
         };
+        for module in &sandbox.preload {
+            let valid = !module.is_empty()
+                && module.split('.').all(|part| {
+                    part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                        && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                });
+            if !valid {
+                bail!("preload entry {module:?} is not a Python module name");
+            }
+        }
         let cache_dir = global.cache_dir.clone().or_else(|| file.cache_dir.clone()).unwrap_or_else(cache::default_root);
         let app = merge_app(&all.app, &file, &cache_dir)?;
         let server = merge_server(&all.server, &file.server)?;

@@ -9,6 +9,8 @@ mod guest;
 mod limits;
 mod outcome;
 mod output;
+mod prefault;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,6 +51,15 @@ pub struct SandboxConfig {
     pub queue_depth: usize,
     /// The runtime a call gets when it names none.
     pub default_runtime: String,
+    /// Run reactor runtimes from a pre-initialized snapshot with `preload` imported.
+    pub snapshot: bool,
+    /// Modules the snapshot imports, so that calls find them loaded.
+    pub preload: Vec<String>,
+}
+
+/// The modules a snapshot imports unless configured otherwise.
+pub fn default_preload() -> Vec<String> {
+    ["numpy", "pandas", "matplotlib", "matplotlib.pyplot"].into_iter().map(String::from).collect()
 }
 
 impl Default for SandboxConfig {
@@ -58,6 +69,8 @@ impl Default for SandboxConfig {
             max_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue_depth: 64,
             default_runtime: crate::runtime::manifest::DEFAULT_RUNTIME.to_string(),
+            snapshot: true,
+            preload: default_preload(),
         }
     }
 }
@@ -122,8 +135,9 @@ impl Drop for Executor {
 }
 
 impl Sandbox {
-    /// Builds the engine and readies each runtime: compiled once into the cache (with progress),
-    /// then loaded from there and linked.
+    /// Builds the engine and readies each runtime: a reactor from a pre-initialized snapshot
+    /// (built once) or the stock module, a command from its module; each compiled once into
+    /// the cache (with progress), then loaded from there and linked.
     pub fn start(
         config: SandboxConfig,
         runtimes: &[InstalledRuntime],
@@ -133,34 +147,21 @@ impl Sandbox {
         let slots = u32::try_from(config.max_concurrency * 2 + 2).unwrap_or(u32::MAX);
         let engine =
             engine::SandboxEngine::new(engine::EngineLimits { slots, max_memory_bytes: config.limits.memory_bytes })?;
-        let mut prepared = BTreeMap::new();
-        for runtime in runtimes {
-            let module_path = runtime.path(FileRole::Module).context("runtime has no module")?;
-            let sha256 = runtime.sha256(FileRole::Module).context("runtime has no module")?;
-            let loaded = Instant::now();
-            let module =
-                engine.module(&format!("runtime {}", runtime.name()), &module_path, sha256, cache, progress)?;
-            let ready = call::Prepared::new(&engine.engine, &module, runtime)?;
-            prepared.insert(runtime.name().to_string(), (ready, loaded));
-        }
         let executor = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.max_concurrency.max(1))
             .thread_name("toolhost-guest")
             .enable_all()
             .build()
             .context("cannot start the sandbox's threads")?;
-        let prepared = prepared
-            .into_iter()
-            .map(|(name, (mut ready, loaded))| {
-                if ready.is_reactor() {
-                    let hex = compile_prelude(executor.handle(), &engine.engine, &ready)
-                        .with_context(|| format!("runtime {name}: cannot compile the guest prelude"))?;
-                    ready.prelude = guest::Prelude::Marshalled(hex);
-                }
-                tracing::info!(runtime = %name, ms = loaded.elapsed().as_millis() as u64, "runtime ready");
-                Ok((name, Arc::new(ready)))
-            })
-            .collect::<Result<BTreeMap<_, _>>>()?;
+        let mut prepared = BTreeMap::new();
+        for runtime in runtimes {
+            let loaded = Instant::now();
+            let layout = call::Layout::of(runtime);
+            let ready = prepare(&engine, executor.handle(), runtime, layout, &config, cache, progress)
+                .with_context(|| format!("runtime {} cannot be prepared", runtime.name()))?;
+            tracing::info!(runtime = runtime.name(), ms = loaded.elapsed().as_millis() as u64, "runtime ready");
+            prepared.insert(runtime.name().to_string(), Arc::new(ready));
+        }
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 engine,
@@ -234,6 +235,7 @@ impl Sandbox {
         let deadline = started + limits.timeout;
         let guest_run = call::GuestRun {
             script: call::Script::User(call.code),
+            call_id: call_id.clone(),
             stdin: call.stdin,
             workspace: workspace.host_path().to_path_buf(),
             scratch: scratch.path().to_path_buf(),
@@ -244,6 +246,7 @@ impl Sandbox {
             stdout: stdout.clone(),
             stderr: stderr.clone(),
             memory_denied: memory_denied.clone(),
+            learn: false,
         };
         let executor = inner.executor.0.as_ref().context("the sandbox is shutting down")?.handle();
         let handle = spawn_guest(executor, prepared, inner.engine.engine.clone(), guest_run);
@@ -275,6 +278,69 @@ impl Sandbox {
     }
 }
 
+/// One runtime made ready: which module, how it gets its prelude, checked by a first call.
+fn prepare(
+    engine: &engine::SandboxEngine,
+    executor: &tokio::runtime::Handle,
+    runtime: &InstalledRuntime,
+    layout: call::Layout,
+    config: &SandboxConfig,
+    cache: &Cache,
+    progress: &Progress,
+) -> Result<call::Prepared> {
+    let reactor = runtime.manifest.abi.kind == crate::runtime::AbiKind::Reactor;
+    let snapshot = if reactor && config.snapshot && runtime.path(FileRole::Reactor).is_some() {
+        match snapshot::ensure(engine, executor, runtime, &layout, &config.preload, cache, progress) {
+            Ok(found) => Some(found),
+            Err(e) => {
+                tracing::warn!("cannot build a snapshot of {} ({e:#}); using its stock module", runtime.name());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (label, path, sha256, prelude) = match snapshot {
+        Some((path, sha256)) => (format!("runtime {} (snapshot)", runtime.name()), path, sha256, guest::Prelude::Baked),
+        None => (
+            format!("runtime {}", runtime.name()),
+            runtime.path(FileRole::Module).context("runtime has no module")?,
+            runtime.sha256(FileRole::Module).context("runtime has no module")?.to_string(),
+            guest::Prelude::Source,
+        ),
+    };
+    let module = engine.module(&label, &path, &sha256, cache, progress)?;
+    if let Some(wasmtime::ExternType::Memory(memory)) = module.get_export("memory") {
+        let initial = memory.minimum() * memory.page_size();
+        if initial > config.limits.memory_bytes {
+            anyhow::bail!(
+                "{label} starts with {} MiB of memory, more than the {} MiB limit; raise --memory-mb",
+                initial >> 20,
+                config.limits.memory_bytes >> 20
+            );
+        }
+    }
+    let mut ready = call::Prepared::new(&engine.engine, &module, runtime, layout)?;
+    ready.prelude = prelude;
+    match ready.prelude {
+        guest::Prelude::Source if reactor => {
+            let hex = compile_prelude(executor, &engine.engine, &ready).context("cannot compile the guest prelude")?;
+            ready.prelude = guest::Prelude::Marshalled(hex);
+        }
+        guest::Prelude::Baked => {
+            let written = smoke_test(executor, &engine.engine, &ready).with_context(|| {
+                format!(
+                    "the snapshot {} is unusable; delete it (or start with --no-snapshot) and start again",
+                    path.display()
+                )
+            })?;
+            ready.write_set = written.map(Arc::new);
+        }
+        _ => {}
+    }
+    Ok(ready)
+}
+
 /// Runs a guest on the sandbox's threads. Its deadline and cancellation are checked at every
 /// epoch tick while it computes; one blocked in a host call (e.g. `time.sleep`) is dropped at
 /// its deadline or cancellation instead.
@@ -289,26 +355,29 @@ fn spawn_guest(
     executor.spawn(async move {
         tokio::select! {
             ran = call::run(&prepared, &engine, run) => ran,
-            () = tokio::time::sleep_until(deadline) => Ok(call::Ran { ending: outcome::Ending::Timeout, fuel_used: None }),
-            () = cancel.cancelled() => Ok(call::Ran { ending: outcome::Ending::Cancelled, fuel_used: None }),
+            () = tokio::time::sleep_until(deadline) => Ok(call::Ran { ending: outcome::Ending::Timeout, fuel_used: None, written: None }),
+            () = cancel.cancelled() => Ok(call::Ran { ending: outcome::Ending::Cancelled, fuel_used: None, written: None }),
         }
     })
 }
 
-/// Compiles the prelude with the runtime's own CPython, once per process: the code object,
-/// marshalled, as hex. Blocks the calling thread (it may be inside another tokio runtime).
-fn compile_prelude(
+/// Runs one script outside any call (at start), blocking the calling thread (which may be
+/// inside another tokio runtime); returns how it ended and what it printed.
+fn run_once(
     executor: &tokio::runtime::Handle,
     engine: &wasmtime::Engine,
     prepared: &call::Prepared,
-) -> Result<String> {
+    script: call::Script,
+    learn: bool,
+) -> Result<(call::Ran, String, String)> {
     let workspace = tempfile::tempdir()?;
     let scratch = tempfile::tempdir()?;
     let limits = Limits::default();
     let stdout = output::Capture::new(limits.output_bytes);
     let stderr = output::Capture::new(limits.output_bytes);
     let run = call::GuestRun {
-        script: call::Script::Bare(guest::compile_prelude_turn()),
+        script,
+        call_id: "startup".into(),
         stdin: Vec::new(),
         workspace: workspace.path().to_path_buf(),
         scratch: scratch.path().to_path_buf(),
@@ -319,19 +388,48 @@ fn compile_prelude(
         stdout: stdout.clone(),
         stderr: stderr.clone(),
         memory_denied: Arc::new(AtomicBool::new(false)),
+        learn,
     };
-    let prepared = Arc::new(prepared.clone());
     let (done, wait) = std::sync::mpsc::channel();
-    let handle = spawn_guest(executor, prepared, engine.clone(), run);
+    let handle = spawn_guest(executor, Arc::new(prepared.clone()), engine.clone(), run);
     executor.spawn(async move {
         let _ = done.send(handle.await);
     });
-    let ran = wait.recv().context("the prelude compiler stopped")?.context("the prelude compiler panicked")??;
-    let hex = String::from_utf8(stdout.take().data)?;
+    let ran = wait.recv().context("the startup run stopped")?.context("the startup run panicked")??;
+    let text = |capture: &output::Capture| String::from_utf8_lossy(&capture.take().data).into_owned();
+    Ok((ran, text(&stdout), text(&stderr)))
+}
+
+/// Compiles the prelude with the runtime's own CPython, once per process: the code object,
+/// marshalled, as hex.
+fn compile_prelude(
+    executor: &tokio::runtime::Handle,
+    engine: &wasmtime::Engine,
+    prepared: &call::Prepared,
+) -> Result<String> {
+    let (ran, hex, stderr) =
+        run_once(executor, engine, prepared, call::Script::Bare(guest::compile_prelude_turn()), false)?;
     if ran.ending != outcome::Ending::Exited(0) || hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        anyhow::bail!("{:?}: {}", ran.ending, String::from_utf8_lossy(&stderr.take().data));
+        anyhow::bail!("{:?}: {stderr}", ran.ending);
     }
     Ok(hex)
+}
+
+/// Checks that a freshly loaded snapshot runs code as a call would, and learns the pages such
+/// a call writes.
+fn smoke_test(
+    executor: &tokio::runtime::Handle,
+    engine: &wasmtime::Engine,
+    prepared: &call::Prepared,
+) -> Result<Option<prefault::WriteSet>> {
+    let (ran, stdout, stderr) = run_once(executor, engine, prepared, call::Script::User("print('ok')".into()), true)?;
+    if ran.ending != outcome::Ending::Exited(0) || stdout != "ok\n" {
+        anyhow::bail!("the snapshot does not run code ({:?}): {stdout}{stderr}", ran.ending);
+    }
+    if let Some(written) = &ran.written {
+        tracing::debug!(pages = written.pages(), ranges = written.ranges(), "learned the pages a call writes");
+    }
+    Ok(ran.written)
 }
 
 /// Whether a module with this SHA-256 is compiled in the cache for this configuration.

@@ -38,7 +38,10 @@ async fn the_guest_sees_no_host_environment() {
     let env: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(outcome.stdout.trim()).expect("json env");
     let names: Vec<&str> = env.keys().map(String::as_str).collect();
-    assert_eq!(names, ["HOME", "MPLBACKEND", "MPLCONFIGDIR", "PYTHONDONTWRITEBYTECODE", "PYTHONTZPATH", "TMPDIR"]);
+    assert_eq!(
+        names,
+        ["HOME", "MPLBACKEND", "MPLCONFIGDIR", "PYTHONDONTWRITEBYTECODE", "PYTHONTZPATH", "TMPDIR", "TOOLHOST_CALL_ID"]
+    );
     for (name, value) in std::env::vars() {
         if name.len() > 3 && value.len() > 8 {
             assert!(!outcome.stdout.contains(&value), "the host's {name} leaked into the guest");

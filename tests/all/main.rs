@@ -5,6 +5,7 @@
 mod capacity;
 mod cases;
 mod cli;
+mod freshness;
 mod http_guard;
 mod isolation;
 mod limits;

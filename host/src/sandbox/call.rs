@@ -19,6 +19,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use super::guest;
 use super::outcome::Ending;
 use super::output::Capture;
+use super::prefault::WriteSet;
 use super::{Limits, ReadOnlyRoot};
 use crate::runtime::{AbiKind, FileRole, InstalledRuntime};
 
@@ -65,34 +66,17 @@ enum Interrupted {
     Cancelled,
 }
 
-/// A runtime made ready for calls: linked once, instantiated afresh for every call. Clones
-/// share the linked module.
-#[derive(Clone)]
-pub(super) struct Prepared {
-    kind: AbiKind,
-    argv0: String,
-    pre: InstancePre<CallState>,
-    /// The runtime's own read-only mounts, in the order the guest's layout expects.
-    mounts: Vec<(PathBuf, String)>,
-    env: Vec<(String, String)>,
-    /// How a reactor instance gets the prelude; set once the prelude is compiled.
-    pub prelude: guest::Prelude,
+/// The runtime's own folders a guest sees, in the order they are preopened, before `/tmp`,
+/// `/workspace` and the call's roots. (A snapshot does not freeze this table: wasi-libc's
+/// preopens are reset before it is taken, and each call's are read afresh.)
+#[derive(Debug, Clone)]
+pub(super) struct Layout {
+    /// The runtime's own read-only folders (stdlib, matplotlib data), host and guest path.
+    pub mounts: Vec<(PathBuf, String)>,
 }
 
-impl Prepared {
-    pub fn is_reactor(&self) -> bool {
-        self.kind == AbiKind::Reactor
-    }
-
-    pub fn new(engine: &Engine, module: &Module, runtime: &InstalledRuntime) -> Result<Self> {
-        let mut linker: Linker<CallState> = Linker::new(engine);
-        p1::add_to_linker_async(&mut linker, |state: &mut CallState| &mut state.wasi)?;
-        linker
-            .func_wrap("host", "call", |_: wasmtime::Caller<'_, CallState>, _: i32, _: i32, _: i32, _: i32| NO_HOST)?;
-        let pre = linker
-            .instantiate_pre(module)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("runtime {}: the module's imports cannot be satisfied", runtime.name()))?;
+impl Layout {
+    pub fn of(runtime: &InstalledRuntime) -> Layout {
         let layout = &runtime.manifest.layout;
         let mut mounts = Vec::new();
         if let (Some(dir), Some(guest)) = (runtime.stdlib_dir(), layout.stdlib.clone()) {
@@ -101,6 +85,46 @@ impl Prepared {
         if let (Some(dir), Some(guest)) = (runtime.matplotlib_data_dir(), layout.matplotlib_data.clone()) {
             mounts.push((dir, guest));
         }
+        Layout { mounts }
+    }
+
+    /// Every guest path before the roots, in preopen order.
+    pub fn guest_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.mounts.iter().map(|(_, guest)| guest.clone()).collect();
+        paths.extend(["/tmp".to_string(), "/workspace".to_string()]);
+        paths
+    }
+}
+
+/// The linker every runtime is instantiated with: WASI preview 1 and `host.call`.
+pub(super) fn linker(engine: &Engine) -> Result<Linker<CallState>> {
+    let mut linker: Linker<CallState> = Linker::new(engine);
+    p1::add_to_linker_async(&mut linker, |state: &mut CallState| &mut state.wasi)?;
+    linker.func_wrap("host", "call", |_: wasmtime::Caller<'_, CallState>, _: i32, _: i32, _: i32, _: i32| NO_HOST)?;
+    Ok(linker)
+}
+
+/// A runtime made ready for calls: linked once, instantiated afresh for every call. Clones
+/// share the linked module.
+#[derive(Clone)]
+pub(super) struct Prepared {
+    kind: AbiKind,
+    argv0: String,
+    pre: InstancePre<CallState>,
+    layout: Arc<Layout>,
+    env: Vec<(String, String)>,
+    /// How a reactor instance gets the prelude.
+    pub prelude: guest::Prelude,
+    /// Pages a typical call writes, populated before the guest runs.
+    pub write_set: Option<Arc<WriteSet>>,
+}
+
+impl Prepared {
+    pub fn new(engine: &Engine, module: &Module, runtime: &InstalledRuntime, layout: Layout) -> Result<Self> {
+        let pre = linker(engine)?
+            .instantiate_pre(module)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("runtime {}: the module's imports cannot be satisfied", runtime.name()))?;
         if runtime.manifest.abi.kind == AbiKind::Reactor && runtime.path(FileRole::Stdlib).is_none() {
             bail!("runtime {}: a reactor runtime needs a stdlib file", runtime.name());
         }
@@ -108,9 +132,10 @@ impl Prepared {
             kind: runtime.manifest.abi.kind,
             argv0: runtime.manifest.abi.argv0.clone(),
             pre,
-            mounts,
+            layout: Arc::new(layout),
             env: runtime.manifest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             prelude: guest::Prelude::Source,
+            write_set: None,
         })
     }
 }
@@ -126,6 +151,7 @@ pub(super) enum Script {
 /// Everything one run is given.
 pub(super) struct GuestRun {
     pub script: Script,
+    pub call_id: String,
     pub stdin: Vec<u8>,
     /// The host folder seen as `/workspace`, read-write.
     pub workspace: PathBuf,
@@ -138,72 +164,63 @@ pub(super) struct GuestRun {
     pub stdout: Capture,
     pub stderr: Capture,
     pub memory_denied: Arc<AtomicBool>,
+    /// Learn which pages of memory the run wrote (see `prefault`).
+    pub learn: bool,
 }
 
 /// How a run ended and the fuel it burned (unknown after an interruption).
 pub(super) struct Ran {
     pub ending: Ending,
     pub fuel_used: Option<u64>,
+    /// The pages the run wrote, when it was asked to learn them.
+    pub written: Option<WriteSet>,
 }
 
 /// The environment every guest sees: nothing from the host.
-fn environment(prepared: &Prepared) -> Vec<(String, String)> {
+pub(super) fn environment(runtime_env: &[(String, String)], call_id: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("HOME", "/tmp"),
         ("TMPDIR", "/tmp"),
         ("MPLBACKEND", "Agg"),
         ("MPLCONFIGDIR", "/tmp/matplotlib"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("TOOLHOST_CALL_ID", call_id),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    env.extend(prepared.env.iter().cloned());
+    env.extend(runtime_env.iter().cloned());
     env
 }
 
-/// Runs the guest once. The store and instance live only inside this call.
-pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> Result<Ran> {
-    let env = environment(prepared);
-    let argv = vec![prepared.argv0.clone()];
+/// A fresh store for one run: WASI with the layout's folders, the capture, the limits.
+pub(super) fn store(
+    engine: &Engine,
+    layout: &Layout,
+    args: &[&str],
+    env: &[(String, String)],
+    run: &GuestRun,
+) -> Result<Store<CallState>> {
     let mut wasi = WasiCtxBuilder::new();
-    wasi.stdin(MemoryInputPipe::new(run.stdin))
+    wasi.stdin(MemoryInputPipe::new(run.stdin.clone()))
         .stdout(run.stdout.clone())
         .stderr(run.stderr.clone())
         .allow_blocking_current_thread(true)
-        .envs(&env);
-    match prepared.kind {
-        AbiKind::Reactor => {
-            wasi.args(&argv);
-        }
-        AbiKind::Command => {
-            let (Script::User(code) | Script::Bare(code)) = &run.script;
-            let setup = guest::setup_json(&env, &["-c".to_string()]);
-            wasi.args(&[
-                prepared.argv0.as_str(),
-                "-c",
-                guest::COMMAND_RUNNER,
-                guest::PRELUDE,
-                setup.as_str(),
-                code.as_str(),
-            ]);
-        }
-    }
-    for (host, guest) in &prepared.mounts {
-        wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+        .envs(env)
+        .args(args);
+    let mount = |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, perms: FsPerms| -> Result<()> {
+        wasi.preopened_dir(host, guest, perms)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot mount {} at {guest}", host.display()))?;
+        Ok(())
+    };
+    for (host, guest) in &layout.mounts {
+        mount(&mut wasi, host, guest, FsPerms::ReadOnly)?;
     }
-    wasi.preopened_dir(&run.scratch, "/tmp", FsPerms::ReadWrite)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot mount the scratch folder {}", run.scratch.display()))?;
-    wasi.preopened_dir(&run.workspace, "/workspace", FsPerms::ReadWrite)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot mount the workspace {}", run.workspace.display()))?;
+    mount(&mut wasi, &run.scratch, "/tmp", FsPerms::ReadWrite)?;
+    mount(&mut wasi, &run.workspace, "/workspace", FsPerms::ReadWrite)?;
     for root in &run.roots {
-        wasi.preopened_dir(&root.host, format!("/{}", root.name), FsPerms::ReadOnly)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot mount the root {} from {}", root.name, root.host.display()))?;
+        mount(&mut wasi, &root.host, &format!("/{}", root.name), FsPerms::ReadOnly)?;
     }
 
     let state = CallState {
@@ -230,16 +247,38 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
     });
     // Instantiation maps the module's memory image copy-on-write; no guest code runs yet.
     store.set_fuel(u64::MAX)?;
+    Ok(store)
+}
+
+/// Runs the guest once. The store and instance live only inside this call.
+pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> Result<Ran> {
+    let env = environment(&prepared.env, &run.call_id);
+    let argv = ["-c".to_string()];
+    let setup = match prepared.kind {
+        AbiKind::Command => guest::setup_json(&env, &argv),
+        AbiKind::Reactor => String::new(),
+    };
+    let args: Vec<&str> = match (&prepared.kind, &run.script) {
+        (AbiKind::Reactor, _) => vec![prepared.argv0.as_str()],
+        (AbiKind::Command, Script::User(code) | Script::Bare(code)) => {
+            vec![prepared.argv0.as_str(), "-c", guest::COMMAND_RUNNER, guest::PRELUDE, setup.as_str(), code.as_str()]
+        }
+    };
+    let mut store = store(engine, &prepared.layout, &args, &env, &run)?;
     let instance = match prepared.pre.instantiate_async(&mut store).await {
         Ok(instance) => instance,
-        Err(e) => return Ok(Ran { ending: ending_of(e)?, fuel_used: None }),
+        Err(e) => return Ok(Ran { ending: ending_of(e)?, fuel_used: None, written: None }),
     };
+    let memory = instance.get_memory(&mut store, "memory");
+    if let (Some(set), Some(memory)) = (&prepared.write_set, memory) {
+        set.prefault(memory.data_ptr(&store), memory.data_size(&store));
+    }
     store.set_fuel(run.limits.fuel)?;
 
     let driven = match prepared.kind {
         AbiKind::Reactor => {
             let (setup, code) = match &run.script {
-                Script::User(code) => (Some(guest::setup_turn(&prepared.prelude, &env, &["-c".to_string()])), code),
+                Script::User(code) => (Some(guest::setup_turn(&prepared.prelude, &env, &argv)), code),
                 Script::Bare(code) => (None, code),
             };
             drive_reactor(&mut store, instance, setup.as_deref(), code).await?
@@ -250,19 +289,31 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
         Ending::Timeout | Ending::Cancelled => None,
         _ => store.get_fuel().ok().map(|left| run.limits.fuel.saturating_sub(left)),
     };
-    Ok(Ran { ending: driven, fuel_used })
+    let written = match memory {
+        Some(memory) if run.learn => WriteSet::learn(memory.data_ptr(&store), memory.data_size(&store)).ok(),
+        _ => None,
+    };
+    Ok(Ran { ending: driven, fuel_used, written })
 }
 
 /// The reactor's exports a turn needs.
-struct Reactor {
+pub(super) struct Reactor {
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
     turn: TypedFunc<(i32, i32), i32>,
 }
 
 impl Reactor {
+    pub fn new(store: &mut Store<CallState>, instance: Instance) -> Result<Reactor> {
+        Ok(Reactor {
+            memory: instance.get_memory(&mut *store, "memory").context("the runtime exports no memory")?,
+            alloc: instance.get_typed_func(&mut *store, "host_alloc")?,
+            turn: instance.get_typed_func(&mut *store, "turn")?,
+        })
+    }
+
     /// Writes `source` into guest memory from `host_alloc` and runs it with `turn`.
-    async fn turn(&self, store: &mut Store<CallState>, source: &str) -> wasmtime::Result<i32> {
+    pub async fn turn(&self, store: &mut Store<CallState>, source: &str) -> wasmtime::Result<i32> {
         let len = i32::try_from(source.len()).map_err(|_| wasmtime::format_err!("the code is over 2 GiB"))?;
         let ptr = self.alloc.call_async(&mut *store, len).await?;
         // A null pointer makes the guest raise MemoryError for its code.
@@ -281,11 +332,7 @@ async fn drive_reactor(
     setup: Option<&str>,
     code: &str,
 ) -> Result<Ending> {
-    let reactor = Reactor {
-        memory: instance.get_memory(&mut *store, "memory").context("the runtime exports no memory")?,
-        alloc: instance.get_typed_func(&mut *store, "host_alloc")?,
-        turn: instance.get_typed_func(&mut *store, "turn")?,
-    };
+    let reactor = Reactor::new(store, instance)?;
     if let Ok(initialize) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")
         && let Err(e) = initialize.call_async(&mut *store, ()).await
     {
@@ -322,7 +369,7 @@ async fn drive_command(store: &mut Store<CallState>, instance: Instance) -> Resu
 }
 
 /// What a wasmtime error means for the guest: an exit, an interruption, a limit or a trap.
-fn ending_of(error: wasmtime::Error) -> Result<Ending> {
+pub(super) fn ending_of(error: wasmtime::Error) -> Result<Ending> {
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return Ok(Ending::Exited(exit.0));
     }

@@ -70,7 +70,31 @@ impl SandboxEngine {
     /// from the cache when we compiled it before, else compiled (once, minutes for a 100 MB
     /// module), written to the cache and loaded back from there.
     pub fn module(&self, label: &str, wasm: &Path, sha256: &str, cache: &Cache, progress: &Progress) -> Result<Module> {
-        let path = self.compiled_path(sha256, cache)?;
+        self.module_from(label, sha256, cache, progress, || {
+            let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+            let actual = sha256_bytes(&bytes);
+            if actual != sha256 {
+                bail!(
+                    "{label}: sha256 mismatch for {}: expected {sha256}, got {actual}; it is not compiled; \
+                     run `toolhost runtime fetch` to replace it",
+                    wasm.display()
+                );
+            }
+            Ok(bytes)
+        })
+    }
+
+    /// The compiled module cached under `key`: loaded when we compiled it before, else compiled
+    /// from the wasm `wasm` produces (only then called), written to the cache and loaded back.
+    pub fn module_from(
+        &self,
+        label: &str,
+        key: &str,
+        cache: &Cache,
+        progress: &Progress,
+        wasm: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Module> {
+        let path = self.compiled_path(key, cache)?;
         let dir = path.parent().context("compiled path has a parent")?;
         let name = path.file_name().and_then(|n| n.to_str()).context("compiled file name")?;
         let _lock = cache::lock(dir, name)?;
@@ -80,19 +104,11 @@ impl SandboxEngine {
                 Err(e) => tracing::warn!("compiled module {} is unusable ({e:#}); compiling again", path.display()),
             }
         }
-        let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
-        let actual = sha256_bytes(&bytes);
-        if actual != sha256 {
-            bail!(
-                "{label}: sha256 mismatch for {}: expected {sha256}, got {actual}; it is not \
-                 compiled; run `toolhost runtime fetch` to replace it",
-                wasm.display()
-            );
-        }
+        let bytes = wasm()?;
         let step = progress.step(format!(
             "compiling {label} ({} MB of wasm to native code, once; about {} on 2 cores)",
             bytes.len() / 1_000_000,
-            if bytes.len() > 50_000_000 { "2-3 minutes" } else { "20 seconds" }
+            if bytes.len() > 50_000_000 { "1.5 minutes" } else { "20 seconds" }
         ));
         let module = Module::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
@@ -162,6 +178,9 @@ fn config(limits: EngineLimits) -> Config {
         .max_core_instance_size(16 << 20)
         .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
         // Keeping linear memory resident between calls measured slower here; decommit it.
+        // Keeping memory resident between calls did not pay here: wasmtime's pagemap scan keeps
+        // at most 32 dirty runs, and CPython dirties hundreds of scattered pages per call.
+        // `prefault` populates the pages a call writes instead.
         .linear_memory_keep_resident(0);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config

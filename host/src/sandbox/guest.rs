@@ -27,6 +27,8 @@ pub enum Prelude {
     /// The code object, marshalled by this runtime's own CPython once per process, as hex:
     /// unmarshalling costs a fraction of compiling ~150 lines on every call.
     Marshalled(String),
+    /// Already in the instance: the module is part of a pre-initialized snapshot.
+    Baked,
 }
 
 /// A turn that prints the prelude's code object, marshalled, as hex.
@@ -41,6 +43,16 @@ pub fn compile_prelude_turn() -> String {
 /// (a snapshot taken after it ran), then calls `begin` with the call's environment and argv.
 /// It binds no name in the user's globals.
 pub fn setup_turn(prelude: &Prelude, env: &[(String, String)], argv: &[String]) -> String {
+    // JSON objects and arrays of strings are valid Python literals.
+    let env_literal = |env: &[(String, String)]| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        serde_json::Value::Object(map).to_string()
+    };
+    if let Prelude::Baked = prelude {
+        let argv = serde_json::to_string(argv).unwrap_or_else(|_| "[]".into());
+        return format!("__import__('_toolhost').begin({}, {argv})\n", env_literal(env));
+    }
     let load = match prelude {
         Prelude::Source => {
             let source = serde_json::Value::String(PRELUDE.to_string()).to_string();
@@ -49,11 +61,9 @@ pub fn setup_turn(prelude: &Prelude, env: &[(String, String)], argv: &[String]) 
         Prelude::Marshalled(hex) => {
             format!("import marshal\n        exec(marshal.loads(bytes.fromhex('{hex}')), module.__dict__)")
         }
+        Prelude::Baked => unreachable!("handled above"),
     };
-    // JSON objects and arrays of strings are valid Python literals.
-    let env: serde_json::Map<String, serde_json::Value> =
-        env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-    let env = serde_json::Value::Object(env).to_string();
+    let env = env_literal(env);
     let argv = serde_json::to_string(argv).unwrap_or_else(|_| "[]".into());
     format!(
         "def __toolhost_setup(env, argv):\n\
@@ -66,6 +76,58 @@ pub fn setup_turn(prelude: &Prelude, env: &[(String, String)], argv: &[String]) 
          \x20   module.begin(env, argv)\n\
          __toolhost_setup({env}, {argv})\n\
          del __toolhost_setup\n"
+    )
+}
+
+/// The turn a snapshot is taken after (following the setup turn, which installs the prelude):
+/// imports the preload, leaves nothing buffered, and refuses to leave a file open: a file
+/// descriptor frozen into a snapshot would name nothing (or something else) in a later call.
+/// `preopens` is how many folders the layout preopens (fds 3 and up).
+pub fn preload_turn(preload: &[String], preopens: usize) -> String {
+    let modules = serde_json::to_string(preload).unwrap_or_else(|_| "[]".into());
+    format!(
+        "def __toolhost_preload(modules, first_free):\n\
+         \x20   import gc, importlib, os, sys\n\
+         \x20   for name in modules:\n\
+         \x20       importlib.import_module(name)\n\
+         \x20   # Warm up what calls use first, so that its one-time setup is in the snapshot.\n\
+         \x20   np = sys.modules.get('numpy')\n\
+         \x20   if np is not None:\n\
+         \x20       repr(np.arange(10).reshape(2, 5).sum(axis=0) / 3)\n\
+         \x20   pd = sys.modules.get('pandas')\n\
+         \x20   if pd is not None:\n\
+         \x20       frame = pd.DataFrame({{'a': range(3), 'b': list('xyz')}})\n\
+         \x20       repr(frame); repr(frame.describe()); frame.a.mean(); frame.to_csv()\n\
+         \x20   plt = sys.modules.get('matplotlib.pyplot')\n\
+         \x20   if plt is not None:\n\
+         \x20       import io\n\
+         \x20       figure, axes = plt.subplots()\n\
+         \x20       axes.plot([0, 1, 2], [0, 1, 4], label='warm-up')\n\
+         \x20       axes.set_title('warm-up'); axes.set_xlabel('x'); axes.legend()\n\
+         \x20       figure.savefig(io.BytesIO(), format='png')\n\
+         \x20       plt.close('all')\n\
+         \x20   # A font keeps its file open; a descriptor must not be frozen into the snapshot.\n\
+         \x20   font_manager = sys.modules.get('matplotlib.font_manager')\n\
+         \x20   if font_manager is not None:\n\
+         \x20       font_manager._get_font.cache_clear()\n\
+         \x20   gc.collect()\n\
+         \x20   # Collections in a call would otherwise write to every object's header, copying\n\
+         \x20   # the snapshot's pages; the frozen generation is never scanned.\n\
+         \x20   gc.freeze()\n\
+         \x20   sys.stdout.flush()\n\
+         \x20   sys.stderr.flush()\n\
+         \x20   still_open = []\n\
+         \x20   for fd in range(first_free, first_free + 256):\n\
+         \x20       try:\n\
+         \x20           os.fstat(fd)\n\
+         \x20           still_open.append(fd)\n\
+         \x20       except OSError:\n\
+         \x20           pass\n\
+         \x20   if still_open:\n\
+         \x20       raise RuntimeError(f'the preload left file descriptors open: {{still_open}}')\n\
+         __toolhost_preload({modules}, {first_free})\n\
+         del __toolhost_preload\n",
+        first_free = 3 + preopens
     )
 }
 
