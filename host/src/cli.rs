@@ -263,6 +263,13 @@ pub enum RuntimeCommand {
     },
     /// List the runtimes, where they are, and whether they are installed and compiled.
     List,
+    /// Remove compiled modules and snapshots the current settings do not use (earlier pins,
+    /// preloads or wasmtime versions).
+    Prune {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

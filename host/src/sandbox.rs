@@ -250,7 +250,7 @@ impl Sandbox {
         };
         let executor = inner.executor.0.as_ref().context("the sandbox is shutting down")?.handle();
         let handle = spawn_guest(executor, prepared, inner.engine.engine.clone(), guest_run);
-        let ran = handle.await.map_err(|e| anyhow::anyhow!("the guest task failed: {e}"))??;
+        let ran = handle.await.map_err(|_| anyhow::anyhow!("the guest task ended without a result"))??;
         let duration = started.elapsed();
         drop(scratch);
 
@@ -343,22 +343,38 @@ fn prepare(
 
 /// Runs a guest on the sandbox's threads. Its deadline and cancellation are checked at every
 /// epoch tick while it computes; one blocked in a host call (e.g. `time.sleep`) is dropped at
-/// its deadline or cancellation instead.
+/// its deadline or cancellation instead. The result is sent before the spent store is dropped,
+/// so the caller does not wait for its memory to be reset.
 fn spawn_guest(
     executor: &tokio::runtime::Handle,
     prepared: Arc<call::Prepared>,
     engine: wasmtime::Engine,
     run: call::GuestRun,
-) -> tokio::task::JoinHandle<Result<call::Ran>> {
+) -> tokio::sync::oneshot::Receiver<Result<call::Ran>> {
     let deadline = tokio::time::Instant::from_std(run.deadline + DEADLINE_GRACE);
     let cancel = run.cancel.clone();
+    let (result, receiver) = tokio::sync::oneshot::channel();
     executor.spawn(async move {
+        let interrupted = |ending| Ok(call::Ran { ending, fuel_used: None, written: None });
         tokio::select! {
-            ran = call::run(&prepared, &engine, run) => ran,
-            () = tokio::time::sleep_until(deadline) => Ok(call::Ran { ending: outcome::Ending::Timeout, fuel_used: None, written: None }),
-            () = cancel.cancelled() => Ok(call::Ran { ending: outcome::Ending::Cancelled, fuel_used: None, written: None }),
+            ran = call::run(&prepared, &engine, run) => match ran {
+                Ok((ran, store)) => {
+                    let _ = result.send(Ok(ran));
+                    drop(store);
+                }
+                Err(e) => {
+                    let _ = result.send(Err(e));
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                let _ = result.send(interrupted(outcome::Ending::Timeout));
+            }
+            () = cancel.cancelled() => {
+                let _ = result.send(interrupted(outcome::Ending::Cancelled));
+            }
         }
-    })
+    });
+    receiver
 }
 
 /// Runs one script outside any call (at start), blocking the calling thread (which may be
@@ -390,12 +406,14 @@ fn run_once(
         memory_denied: Arc::new(AtomicBool::new(false)),
         learn,
     };
-    let (done, wait) = std::sync::mpsc::channel();
+    // Wait on a std channel: this thread may be inside another tokio runtime, where blocking on
+    // tokio's channels is refused.
     let handle = spawn_guest(executor, Arc::new(prepared.clone()), engine.clone(), run);
+    let (done, wait) = std::sync::mpsc::channel();
     executor.spawn(async move {
         let _ = done.send(handle.await);
     });
-    let ran = wait.recv().context("the startup run stopped")?.context("the startup run panicked")??;
+    let ran = wait.recv().context("the startup run stopped")?.context("the startup run ended without a result")??;
     let text = |capture: &output::Capture| String::from_utf8_lossy(&capture.take().data).into_owned();
     Ok((ran, text(&stdout), text(&stderr)))
 }
@@ -430,6 +448,62 @@ fn smoke_test(
         tracing::debug!(pages = written.pages(), ranges = written.ranges(), "learned the pages a call writes");
     }
     Ok(ran.written)
+}
+
+/// Removes from the cache's `compiled/` folder every file this configuration does not use
+/// (compiled modules and snapshots of earlier pins, preloads or wasmtime versions); returns the
+/// paths removed (or that would be, when `dry_run`) with their sizes.
+pub fn prune(
+    config: &SandboxConfig,
+    runtimes: &[InstalledRuntime],
+    cache: &Cache,
+    dry_run: bool,
+) -> Result<Vec<(PathBuf, u64)>> {
+    let engine =
+        engine::SandboxEngine::new(engine::EngineLimits { slots: 1, max_memory_bytes: config.limits.memory_bytes })?;
+    let mut keep = std::collections::BTreeSet::new();
+    let mut keep_compiled = |key: &str| -> Result<()> {
+        let path = engine.compiled_path(key, cache)?;
+        keep.insert(PathBuf::from(format!("{}.lock", path.display())));
+        keep.insert(path);
+        Ok(())
+    };
+    let mut snapshot_files = Vec::new();
+    for runtime in runtimes {
+        let reactor = runtime.manifest.abi.kind == crate::runtime::AbiKind::Reactor;
+        let mut uses_stock = true;
+        if reactor && config.snapshot && runtime.path(FileRole::Reactor).is_some() {
+            let (files, snapshot_sha, instrumented) =
+                snapshot::files_in_use(runtime, &call::Layout::of(runtime), &config.preload, cache)?;
+            keep_compiled(&instrumented)?;
+            if let Some(sha) = snapshot_sha {
+                keep_compiled(&sha)?;
+                uses_stock = false;
+            }
+            snapshot_files.extend(files);
+        }
+        if uses_stock && let Some(sha) = runtime.sha256(FileRole::Module) {
+            keep_compiled(sha)?;
+        }
+    }
+    keep.extend(snapshot_files);
+    let compiled = cache.compiled_dir()?;
+    let mut removed = Vec::new();
+    for dir in [compiled.clone(), compiled.join("snapshots")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_file() && !keep.contains(&path) {
+                let size = entry.metadata().map_or(0, |m| m.len());
+                if !dry_run {
+                    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+                }
+                removed.push((path, size));
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 /// Whether a module with this SHA-256 is compiled in the cache for this configuration.

@@ -144,3 +144,19 @@ async fn sys_exit_sets_the_exit_code() {
     let clean = run("import sys\nsys.exit(0)").await;
     assert_eq!((clean.status, clean.exit_code), (Status::Ok, Some(0)));
 }
+
+#[tokio::test]
+async fn memory_a_call_wrote_is_not_seen_by_the_next() {
+    // Pool slots keep their pages between calls (reset by copying the image back), so check at
+    // the memory level: np.empty hands out memory uninitialized.
+    let (_dir, ws) = workspace();
+    let writer = "import numpy as np\nkeep = [np.full(2**21, 0x7A3C5E91, dtype=np.uint32) for _ in range(4)]\nprint(sum(int(a.sum() > 0) for a in keep))";
+    let reader = "import numpy as np\nseen = sum(int((np.empty(2**21, dtype=np.uint32) == 0x7A3C5E91).sum()) for _ in range(4))\nprint(seen)";
+    for round in 0..5 {
+        let wrote = run_with(writer, PYTHON, &ws, with_timeout(30.0)).await;
+        assert_eq!(wrote.stdout, "4\n", "{wrote:?}");
+        let read = run_with(reader, PYTHON, &ws, with_timeout(30.0)).await;
+        assert_ok(&read);
+        assert_eq!(read.stdout, "0\n", "round {round}: a fresh instance saw the previous call's memory");
+    }
+}

@@ -74,3 +74,24 @@ async fn the_lite_runtime_runs_code_with_the_same_contract() {
     let file = run_with("open('lite.txt', 'w').write('x')", LITE, &ws, with_timeout(30.0)).await;
     assert_eq!(file.files.len(), 1);
 }
+
+#[test]
+fn prune_removes_only_what_the_settings_do_not_use() {
+    sandbox(); // the runtimes are installed and compiled
+    let cache = Cache::new(settings().cache_dir);
+    let stale = cache.compiled_dir().expect("compiled").join("0000000000000000-wasmtime0.0.0-stale.cwasm");
+    std::fs::write(&stale, b"not a module").expect("stale file");
+    let output = std::process::Command::new(crate::support::toolhost_bin())
+        .args(["runtime", "prune", "--dry-run"])
+        .env("TOOLHOST_LOG", "warn")
+        .output()
+        .expect("toolhost runs");
+    let listed = String::from_utf8_lossy(&output.stdout).to_string();
+    std::fs::remove_file(&stale).expect("clean up");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(listed.contains("0000000000000000-wasmtime0.0.0-stale.cwasm"), "{listed}");
+    let lite = manifest::find(LITE).expect("lite");
+    let lite_sha = &lite.file(FileRole::Module).expect("module").sha256[..16];
+    assert!(!listed.contains(lite_sha), "the lite runtime's compiled module is in use: {listed}");
+    assert!(listed.contains("(dry run)"));
+}

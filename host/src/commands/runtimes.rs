@@ -59,6 +59,19 @@ pub fn run(settings: Settings, command: RuntimeCommand) -> Result<ExitCode> {
             }
             println!("\ncache: {}", cache.root().display());
         }
+        RuntimeCommand::Prune { dry_run } => {
+            let installed: Vec<_> = manifest::builtin()
+                .iter()
+                .filter(|m| runtime::is_installed(m, &cache))
+                .map(|m| runtime::ensure(m, &cache, &progress))
+                .collect::<Result<_>>()?;
+            let removed = sandbox::prune(&settings.sandbox, &installed, &cache, dry_run)?;
+            let bytes: u64 = removed.iter().map(|(_, size)| size).sum();
+            for (path, _) in &removed {
+                println!("{} {}", if dry_run { "would remove" } else { "removed" }, path.display());
+            }
+            println!("{} files, {} MB{}", removed.len(), bytes / 1_000_000, if dry_run { " (dry run)" } else { "" });
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -115,8 +115,10 @@ pub(super) struct Prepared {
     env: Vec<(String, String)>,
     /// How a reactor instance gets the prelude.
     pub prelude: guest::Prelude,
-    /// Pages a typical call writes, populated before the guest runs.
+    /// Pages a typical call writes, populated the first time a pool slot hosts this runtime.
     pub write_set: Option<Arc<WriteSet>>,
+    /// The pool slots (by memory address) already populated; a hint, never a guarantee.
+    populated: Arc<std::sync::Mutex<std::collections::HashSet<usize>>>,
 }
 
 impl Prepared {
@@ -136,6 +138,7 @@ impl Prepared {
             env: runtime.manifest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             prelude: guest::Prelude::Source,
             write_set: None,
+            populated: Arc::default(),
         })
     }
 }
@@ -169,6 +172,7 @@ pub(super) struct GuestRun {
 }
 
 /// How a run ended and the fuel it burned (unknown after an interruption).
+#[derive(Debug)]
 pub(super) struct Ran {
     pub ending: Ending,
     pub fuel_used: Option<u64>,
@@ -250,8 +254,9 @@ pub(super) fn store(
     Ok(store)
 }
 
-/// Runs the guest once. The store and instance live only inside this call.
-pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> Result<Ran> {
+/// Runs the guest once. Returns how it ended and the spent store, which the caller drops once
+/// the result is on its way (resetting the memory takes a millisecond or two).
+pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> Result<(Ran, Store<CallState>)> {
     let env = environment(&prepared.env, &run.call_id);
     let argv = ["-c".to_string()];
     let setup = match prepared.kind {
@@ -267,11 +272,15 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
     let mut store = store(engine, &prepared.layout, &args, &env, &run)?;
     let instance = match prepared.pre.instantiate_async(&mut store).await {
         Ok(instance) => instance,
-        Err(e) => return Ok(Ran { ending: ending_of(e)?, fuel_used: None, written: None }),
+        Err(e) => return Ok((Ran { ending: ending_of(e)?, fuel_used: None, written: None }, store)),
     };
     let memory = instance.get_memory(&mut store, "memory");
     if let (Some(set), Some(memory)) = (&prepared.write_set, memory) {
-        set.prefault(memory.data_ptr(&store), memory.data_size(&store));
+        let base = memory.data_ptr(&store);
+        let first_use = prepared.populated.lock().unwrap_or_else(|p| p.into_inner()).insert(base as usize);
+        if first_use {
+            set.prefault(base, memory.data_size(&store));
+        }
     }
     store.set_fuel(run.limits.fuel)?;
 
@@ -293,7 +302,7 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
         Some(memory) if run.learn => WriteSet::learn(memory.data_ptr(&store), memory.data_size(&store)).ok(),
         _ => None,
     };
-    Ok(Ran { ending: driven, fuel_used, written })
+    Ok((Ran { ending: driven, fuel_used, written }, store))
 }
 
 /// The reactor's exports a turn needs.

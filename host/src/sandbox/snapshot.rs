@@ -90,6 +90,32 @@ pub(super) fn ensure(
     Ok((path, sha256))
 }
 
+/// The files of the snapshot this configuration would use (its index and wasm), and the key
+/// of the compiled instrumented reactor, if the snapshot is built.
+pub(super) fn files_in_use(
+    runtime: &InstalledRuntime,
+    layout: &Layout,
+    preload: &[String],
+    cache: &Cache,
+) -> Result<(Vec<PathBuf>, Option<String>, String)> {
+    let reactor_sha = runtime.sha256(FileRole::Reactor).context("the runtime has no plain reactor")?;
+    let dir = cache.compiled_dir()?.join("snapshots");
+    let key = key(reactor_sha, preload, layout);
+    let index_path = dir.join(format!("{}.json", &key[..32]));
+    let mut files = vec![index_path.clone(), dir.join(format!("{}.lock", &key[..32]))];
+    let snapshot_sha = cached(&dir, &index_path).map(|(wasm, sha)| {
+        files.push(wasm);
+        sha
+    });
+    Ok((files, snapshot_sha, instrumented_key(reactor_sha)))
+}
+
+fn instrumented_key(reactor_sha: &str) -> String {
+    sha256_bytes(
+        format!("wizer-instrumented {reactor_sha} {} {RESET_PREOPENS_EXPORT}", engine::WASMTIME_VERSION).as_bytes(),
+    )
+}
+
 /// A snapshot already in the cache for this key, if its file is there and private.
 fn cached(dir: &Path, index_path: &Path) -> Option<(PathBuf, String)> {
     if !cache::is_private_file(index_path) {
