@@ -106,25 +106,29 @@ pub fn preload_turn(preload: &[String], preopens: usize) -> String {
          \x20       axes.set_title('warm-up'); axes.set_xlabel('x'); axes.legend()\n\
          \x20       figure.savefig(io.BytesIO(), format='png')\n\
          \x20       plt.close('all')\n\
-         \x20   # A font keeps its file open; a descriptor must not be frozen into the snapshot.\n\
-         \x20   font_manager = sys.modules.get('matplotlib.font_manager')\n\
-         \x20   if font_manager is not None:\n\
-         \x20       font_manager._get_font.cache_clear()\n\
          \x20   gc.collect()\n\
          \x20   # Collections in a call would otherwise write to every object's header, copying\n\
          \x20   # the snapshot's pages; the frozen generation is never scanned.\n\
          \x20   gc.freeze()\n\
          \x20   sys.stdout.flush()\n\
          \x20   sys.stderr.flush()\n\
-         \x20   still_open = []\n\
-         \x20   for fd in range(first_free, first_free + 256):\n\
-         \x20       try:\n\
-         \x20           os.fstat(fd)\n\
-         \x20           still_open.append(fd)\n\
-         \x20       except OSError:\n\
-         \x20           pass\n\
-         \x20   if still_open:\n\
-         \x20       raise RuntimeError(f'the preload left file descriptors open: {{still_open}}')\n\
+         \x20   def still_open():\n\
+         \x20       found = []\n\
+         \x20       for fd in range(first_free, first_free + 256):\n\
+         \x20           try:\n\
+         \x20               os.fstat(fd)\n\
+         \x20               found.append(fd)\n\
+         \x20           except OSError:\n\
+         \x20               pass\n\
+         \x20       return found\n\
+         \x20   # A loaded font may keep its file open (the prelude reads fonts into memory; if\n\
+         \x20   # that did not take, drop the cached fonts), and no descriptor may be frozen.\n\
+         \x20   font_manager = sys.modules.get('matplotlib.font_manager')\n\
+         \x20   if still_open() and font_manager is not None:\n\
+         \x20       font_manager._get_font.cache_clear()\n\
+         \x20       gc.collect()\n\
+         \x20   if still_open():\n\
+         \x20       raise RuntimeError(f'the preload left file descriptors open: {{still_open()}}')\n\
          __toolhost_preload({modules}, {first_free})\n\
          del __toolhost_preload\n",
         first_free = 3 + preopens
