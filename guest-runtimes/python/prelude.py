@@ -60,29 +60,56 @@ def _patch_numpy(numpy):
     numpy.set_printoptions(legacy="1.25")
 
 
+_FONT_BYTES = {}
+
+
+def _font_stream(path):
+    """The font file at `path`, read into memory once, as a fresh stream that stands for its
+    path: matplotlib records a font's file (`FT2Font.fname`, the stream) by its string, and
+    later hands that to `get_font` and to the PDF/PS subsetter."""
+    import io
+
+    class FontStream(io.BytesIO):
+        def __str__(self):
+            return self.font_path
+
+        __repr__ = __str__
+
+    path = _os.fsdecode(path)
+    if path not in _FONT_BYTES:
+        with open(path, "rb") as handle:
+            _FONT_BYTES[path] = handle.read()
+    stream = FontStream(_FONT_BYTES[path])
+    stream.font_path = path
+    return stream
+
+
+def _font_path(value):
+    """A font argument with in-memory font streams replaced by their paths."""
+    path = getattr(value, "font_path", None)
+    if path is not None:
+        return path
+    if isinstance(value, (list, tuple)):
+        return type(value)(_font_path(v) for v in value)
+    return value
+
+
 def _patch_font_manager(font_manager):
     """Fonts are read into memory instead of being kept open as files. FreeType reads a font
     lazily, so matplotlib keeps each loaded font's file open; a snapshot must not hold an open
     file, and a font loaded (and its glyphs rendered) before the snapshot saves every call
     tens of milliseconds."""
-    import io
+    import functools
     import types
 
     real = font_manager.ft2font
-    data = {}
-
-    def load(filename):
-        if isinstance(filename, (str, bytes, _os.PathLike)):
-            path = _os.fsdecode(filename)
-            if path not in data:
-                with open(path, "rb") as handle:
-                    data[path] = handle.read()
-            return io.BytesIO(data[path])
-        return filename
 
     class _InMemory(type):
         def __call__(cls, filename, *args, **kwargs):
-            return real.FT2Font(load(filename), *args, **kwargs)
+            filename = _font_path(filename)
+            if isinstance(filename, (str, bytes, _os.PathLike)):
+                filename = _font_stream(filename)
+            return real.FT2Font(filename, *args, **kwargs)
 
         def __instancecheck__(cls, instance):
             return isinstance(instance, real.FT2Font)
@@ -91,6 +118,14 @@ def _patch_font_manager(font_manager):
     view.__dict__.update(real.__dict__)
     view.FT2Font = _InMemory("FT2Font", (), {"__doc__": real.FT2Font.__doc__})
     font_manager.ft2font = view
+
+    real_get_font = font_manager.get_font
+
+    @functools.wraps(real_get_font)
+    def get_font(font_filepaths, *args, **kwargs):
+        return real_get_font(_font_path(font_filepaths), *args, **kwargs)
+
+    font_manager.get_font = get_font
 
 
 # Modules patched as they are first imported (or at once, when a snapshot already holds them).

@@ -54,9 +54,13 @@ async fn matplotlib_state_does_not_carry_over() {
 async fn text_renders_after_the_snapshot() {
     // Fonts were closed before the snapshot (an open file must not be frozen): calls reopen them.
     let (_dir, ws) = workspace();
-    let code = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.set_title('héllo ✓')\nax.text(0.5, 0.5, 'text')\nfig.savefig('t.png')\nfig.savefig('t.pdf')\nprint('ok')";
+    let code = "import matplotlib, matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.set_title('héllo ✓')\nax.text(0.5, 0.5, 'text')\n\
+                for ext in ['png', 'pdf', 'ps', 'svg']:\n    fig.savefig('t.' + ext)\n\
+                matplotlib.rcParams['pdf.fonttype'] = 42\nmatplotlib.rcParams['ps.fonttype'] = 42\nfig.savefig('t42.pdf')\nfig.savefig('t42.ps')\nprint('ok')";
     let outcome = run_with(code, PYTHON, &ws, with_timeout(60.0)).await;
     assert_ok(&outcome);
     let paths: Vec<&str> = outcome.files.iter().map(|f| f.path.as_str()).collect();
-    assert!(paths.contains(&"t.png") && paths.contains(&"t.pdf"), "{paths:?}");
+    for file in ["t.png", "t.pdf", "t.ps", "t.svg", "t42.pdf", "t42.ps"] {
+        assert!(paths.contains(&file), "{file} missing: {paths:?}");
+    }
 }
