@@ -1,9 +1,10 @@
 //! The running service's shared state: the sandbox (once its runtime is ready), the tool
-//! registry, the sessions and the read-only resource roots. One `App` serves every transport.
+//! registry (rebuilt when the org tools change), the sessions and the read-only resource
+//! roots. One `App` serves every transport.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::config::{AppSettings, RootSetting};
 use crate::sandbox::{Limits, ReadOnlyRoot, Sandbox};
 use crate::sessions::Sessions;
-use crate::tools::{Registry, ToolError};
+use crate::tools::{Registry, ToolError, org};
 use crate::workspace::{Quota, Workspace};
 
 /// A configured read-only folder: listed and readable as `file:///<name>/...`, mounted in the
@@ -30,7 +31,14 @@ pub enum Readiness {
 }
 
 pub struct App {
-    pub registry: Registry,
+    registry: RwLock<Arc<Registry>>,
+    /// Bumped whenever the tool list changes.
+    tools_changed: tokio::sync::watch::Sender<u64>,
+    tools_dir: PathBuf,
+    code_mode_tools: Option<Vec<String>>,
+    code_mode_max_calls: u32,
+    /// Reloads the tools when their folder changes, while set.
+    tools_watcher: Mutex<Option<org::watch::ToolsWatcher>>,
     pub sessions: Arc<Sessions>,
     pub roots: Vec<Root>,
     /// Image content for every client (`--inline-images`), not only those asking with
@@ -48,16 +56,22 @@ pub struct App {
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Guest paths a root may not take.
-const RESERVED: &[&str] = &["workspace", "tmp", "usr", "dev", "proc"];
+const RESERVED: &[&str] = &["workspace", "tmp", "usr", "dev", "proc", org::TOOL_MOUNT];
 
 impl App {
-    pub fn new(settings: &AppSettings, limits: Limits, registry: Registry) -> Result<App> {
+    /// The service with the built-in tools and the org tools of `settings.tools_dir`.
+    pub fn new(settings: &AppSettings, limits: Limits) -> Result<App> {
         let quota = Quota { bytes: limits.workspace_bytes, files: limits.workspace_files };
         let sessions = Sessions::new(&settings.workspaces_dir, quota, settings.workspace_linger)
             .with_context(|| format!("cannot use {} for session workspaces", settings.workspaces_dir.display()))?;
         let roots = settings.roots.iter().map(open_root).collect::<Result<Vec<_>>>()?;
-        Ok(App {
-            registry,
+        let app = App {
+            registry: RwLock::new(Arc::new(Registry::default())),
+            tools_changed: tokio::sync::watch::Sender::new(0),
+            tools_dir: settings.tools_dir.clone(),
+            code_mode_tools: settings.code_mode_tools.clone(),
+            code_mode_max_calls: settings.code_mode_max_calls,
+            tools_watcher: Mutex::new(None),
             sessions: Arc::new(sessions),
             roots,
             inline_images: settings.inline_images,
@@ -66,7 +80,63 @@ impl App {
             failure: Mutex::new(None),
             settled: tokio::sync::Notify::new(),
             shutting_down: AtomicBool::new(false),
-        })
+        };
+        app.reload_tools();
+        Ok(app)
+    }
+
+    /// The tools as they are now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads the org tools again (reporting each folder that does not load) and, when the tool
+    /// list differs, swaps it in and tells the sessions. Returns whether it changed.
+    pub fn reload_tools(&self) -> bool {
+        let root_names: Vec<String> = self.roots.iter().map(|r| r.name.clone()).collect();
+        let loaded = org::load_dir(&self.tools_dir, &self.limits, &root_names);
+        for problem in &loaded.problems {
+            tracing::warn!(file = %problem.path.display(), "skipping a tool: {}", problem.reason);
+        }
+        for unavailable in &loaded.unavailable {
+            tracing::info!(file = %unavailable.path.display(), "not offering a tool: {}", unavailable.reason);
+        }
+        let org = loaded.tools.into_iter().map(|tool| Arc::new(tool) as Arc<dyn crate::tools::Tool>).collect();
+        let registry = Registry::build(&self.limits, org, self.code_mode_tools.as_deref());
+        let mut current = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        if current.definitions().eq(registry.definitions())
+            && current.callable_from_code() == registry.callable_from_code()
+        {
+            return false;
+        }
+        tracing::info!(tools = %registry.names().join(", "), "tools loaded");
+        *current = Arc::new(registry);
+        drop(current);
+        self.tools_changed.send_modify(|generation| *generation += 1);
+        true
+    }
+
+    /// Reloads the tools whenever something under the tools dir changes, from now on (a missing
+    /// tools dir is only logged).
+    pub fn watch_tools(self: &Arc<Self>) -> Result<()> {
+        let watcher = org::watch::watch(self)?;
+        *self.tools_watcher.lock().unwrap_or_else(|p| p.into_inner()) = watcher;
+        Ok(())
+    }
+
+    /// Wakes when the tool list changes.
+    pub fn tool_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tools_changed.subscribe()
+    }
+
+    /// Where the org tools are loaded from.
+    pub fn tools_dir(&self) -> &std::path::Path {
+        &self.tools_dir
+    }
+
+    /// Tool requests one run of guest code may make.
+    pub fn code_mode_max_calls(&self) -> u32 {
+        self.code_mode_max_calls
     }
 
     /// The sandbox, or why there is none yet.

@@ -45,7 +45,7 @@ pub struct GlobalArgs {
     pub log: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -72,6 +72,22 @@ pub enum Command {
     Runtime(RuntimeCommand),
     /// Measure per-call latency and throughput on the DESIGN.md workloads.
     Bench(BenchArgs),
+    /// Check the org tools: list those that load and, for each folder that does not, the file
+    /// and the reason. Exit status 1 when a folder does not load.
+    Tools(ToolsArgs),
+    /// Print the configuration reference (every key of toolhost.toml, its type, flag, variable
+    /// and default) as Markdown: the source of docs/configuration.md.
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub struct ToolsArgs {
+    /// `check`: the only action, for now.
+    #[arg(value_parser = ["check"], default_value = "check")]
+    pub action: String,
+
+    #[command(flatten)]
+    pub app: AppArgs,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +201,20 @@ pub struct AppArgs {
     /// /NAME (repeatable), e.g. `--root logs=/var/log/app`.
     #[arg(long = "root", value_name = "NAME=PATH", value_parser = parse_root)]
     pub roots: Vec<(String, PathBuf)>,
+
+    /// The organisation's tools: one folder per tool with `tool.toml` and `main.py`. Missing
+    /// is fine. Default ./tools.
+    #[arg(long, env = "TOOLHOST_TOOLS_DIR", value_name = "DIR")]
+    pub tools_dir: Option<PathBuf>,
+
+    /// Load the tools once, at start, instead of reloading them when their folder changes.
+    #[arg(long, env = "TOOLHOST_NO_WATCH_TOOLS")]
+    pub no_watch_tools: bool,
+
+    /// The tools guest code may call with `from host import tools` (comma-separated; empty for
+    /// none). Default: calculate_sum, the file tools and the org tools with `code_mode = true`.
+    #[arg(long, env = "TOOLHOST_CODE_MODE_TOOLS", value_name = "NAMES", value_delimiter = ',', num_args = 0..)]
+    pub code_mode_tools: Option<Vec<String>>,
 }
 
 fn parse_root(text: &str) -> Result<(String, PathBuf), String> {

@@ -5,6 +5,7 @@ pub mod run;
 pub mod runtimes;
 pub mod serve;
 pub mod stdio;
+pub mod tools;
 
 use std::sync::Arc;
 
@@ -43,8 +44,11 @@ pub fn known_runtime(name: &str) -> Result<manifest::Manifest> {
 /// compiles. The returned task ends when the runtime is ready, or with why it cannot be.
 pub fn start_app(settings: &Settings) -> Result<(Arc<App>, tokio::task::JoinHandle<Result<()>>)> {
     let limits = settings.sandbox.limits;
-    let app = Arc::new(App::new(&settings.app, limits, crate::tools::Registry::builtin(&limits))?);
+    let app = Arc::new(App::new(&settings.app, limits)?);
     app.sessions.spawn_reaper();
+    if settings.app.watch_tools {
+        app.watch_tools()?;
+    }
     let preparing = app.clone();
     let settings = settings.clone();
     let ready = tokio::task::spawn_blocking(move || {

@@ -7,19 +7,26 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::cli::{AppArgs, GlobalArgs, LimitArgs, LogFormat, ServerArgs};
 use crate::runtime::cache;
 use crate::sandbox::{Limits, SandboxConfig};
 
+mod reference;
+pub use reference::reference;
+
 /// The config file looked for in the current folder when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "toolhost.toml";
 
-/// `toolhost.toml`, as written. Every section and key is optional.
-#[derive(Debug, Default, Deserialize)]
+/// `toolhost.toml`, as written. Every section and key is optional. `docs/configuration.md` is
+/// generated from these types and their comments (`toolhost config`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Where runtimes and compiled modules are kept. Flag `--cache-dir`, env `TOOLHOST_CACHE`.
+    /// Default: `$XDG_CACHE_HOME/toolhost`, else `~/.cache/toolhost`.
     pub cache_dir: Option<PathBuf>,
     #[serde(default)]
     pub log: LogFile,
@@ -35,75 +42,146 @@ pub struct FileConfig {
     pub resources: ResourcesFile,
     #[serde(default)]
     pub tools: ToolsFile,
+    #[serde(default)]
+    pub code_mode: CodeModeFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The HTTP listener (`toolhost serve`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
+    /// Address to listen on. Flag `--listen`, env `TOOLHOST_LISTEN`. Default `127.0.0.1:8000`.
+    #[schemars(with = "Option<String>")]
     pub listen: Option<SocketAddr>,
+    /// Bearer tokens clients must send. Env `TOOLHOST_TOKENS` (comma-separated). Default: none,
+    /// which is refused beyond loopback unless `allow_unauthenticated`.
     pub tokens: Option<Vec<String>>,
+    /// Serve without tokens on a non-loopback address. Flag `--allow-unauthenticated`. Default
+    /// false.
     pub allow_unauthenticated: Option<bool>,
+    /// Host header values to accept besides loopback names (behind a proxy, in a container).
+    /// Flag `--allowed-host`, env `TOOLHOST_ALLOWED_HOSTS`.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins to accept besides those of the allowed hosts. Flag `--allowed-origin`.
     pub allowed_origins: Option<Vec<String>>,
+    /// The largest request body, in MiB. Flag `--max-body-mb`. Default 16.
     pub max_body_mb: Option<usize>,
+    /// Seconds running calls get to finish after SIGTERM/SIGINT. Flag `--shutdown-grace`.
+    /// Default 30.
     pub shutdown_grace_s: Option<f64>,
+    /// Seconds a streamable HTTP session may stay idle before it is closed. Flag
+    /// `--session-idle-timeout`. Default 3600.
     pub session_idle_timeout_s: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Session workspaces.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspacesFile {
+    /// Where session workspaces live. Flag `--workspaces-dir`, env `TOOLHOST_WORKSPACES`.
+    /// Default: the cache folder's `workspaces/`.
     pub dir: Option<PathBuf>,
+    /// Seconds a session's workspace is kept after the session ends. Flag
+    /// `--workspace-linger`. Default 600.
     pub linger_s: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Read-only folders offered as resources.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesFile {
+    /// `[[resources.roots]]`: each folder is listed and readable as `file:///<name>/...` and
+    /// mounted read-only in the sandbox at `/<name>`. Flag `--root NAME=PATH`.
     #[serde(default)]
     pub roots: Vec<RootSetting>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The tools offered.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsFile {
+    /// Send images as image content to every client, not only those connecting with
+    /// `?images=inline`. Flag `--inline-images`. Default false.
     pub inline_images: Option<bool>,
+    /// The org tools: one folder per tool with `tool.toml` and `main.py`. Flag `--tools-dir`,
+    /// env `TOOLHOST_TOOLS_DIR`. Default `./tools`.
+    pub dir: Option<PathBuf>,
+    /// Reload the org tools when their folder changes. Flag `--no-watch-tools` turns it off.
+    /// Default true.
+    pub watch: Option<bool>,
+}
+
+/// Guest code calling tools (`from host import tools`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeModeFile {
+    /// The tools guest code may call; `[]` turns code mode off. Flag `--code-mode-tools`.
+    /// Default: `calculate_sum`, the file tools and the org tools with `code_mode = true`.
+    pub tools: Option<Vec<String>>,
+    /// Tool requests one run of guest code may make. Default 1000.
+    pub max_calls: Option<u32>,
 }
 
 /// A read-only folder offered as resources and mounted in the sandbox.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RootSetting {
+    /// Lowercase letters, digits, `-` and `_`; not a path the guest already has.
     pub name: String,
+    /// The host folder.
     pub path: PathBuf,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Logging.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
+    /// `text` or `json` (one object per line). Flag `--log-format`, env `TOOLHOST_LOG_FORMAT`.
+    /// Default `text`.
     pub format: Option<LogFormat>,
+    /// In `tracing` syntax, e.g. `info` or `toolhost=debug`. Flag `--log`, env
+    /// `TOOLHOST_LOG`. Default `info`.
     pub filter: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// What each call may use: the ceiling, a call may ask for less.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
+    /// Wall-clock seconds per call (at most 3600). Flag `--timeout`. Default 30.
     pub timeout_s: Option<f64>,
+    /// Linear memory per call, in MiB (64 to 4096). Flag `--memory-mb`. Default 1024.
     pub memory_mb: Option<u64>,
+    /// Instructions (wasmtime fuel) per call. Flag `--fuel`. Default 400000000000.
     pub fuel: Option<u64>,
+    /// Bytes the guest may write to each of stdout and stderr; the rest is dropped. Flag
+    /// `--output-bytes`. Default 16777216.
     pub output_bytes: Option<usize>,
+    /// Bytes of each stream a result carries, head and tail (at most 256 KiB). Flag
+    /// `--result-output-bytes`. Default 32768.
     pub result_output_bytes: Option<usize>,
+    /// Workspace quota per session, in MiB. Flag `--workspace-mb`. Default 256.
     pub workspace_mb: Option<u64>,
+    /// Workspace quota per session, in files and folders. Flag `--workspace-files`. Default 2000.
     pub workspace_files: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The sandbox's capacity and runtimes.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxFile {
+    /// Guests running at once. Flag `--max-concurrency`. Default: the number of cores.
     pub max_concurrency: Option<usize>,
+    /// Calls waiting for a free slot; one more is refused as busy. Flag `--queue-depth`.
+    /// Default 64.
     pub queue_depth: Option<usize>,
+    /// The runtime calls use: `python` or `python-lite`. Default `python`.
     pub default_runtime: Option<String>,
+    /// Run from a pre-initialized snapshot with the preload imported. Flag `--no-snapshot`
+    /// turns it off. Default true.
     pub snapshot: Option<bool>,
+    /// Modules the snapshot imports. Flag `--preload`. Default numpy, pandas, matplotlib,
+    /// matplotlib.pyplot.
     pub preload: Option<Vec<String>>,
 }
 
@@ -125,7 +203,18 @@ pub struct AppSettings {
     pub workspace_linger: Duration,
     pub inline_images: bool,
     pub roots: Vec<RootSetting>,
+    /// The organisation's tools, one folder each.
+    pub tools_dir: PathBuf,
+    /// Reload the tools when their folder changes.
+    pub watch_tools: bool,
+    /// The tools guest code may call; `None`: the built-in default.
+    pub code_mode_tools: Option<Vec<String>>,
+    /// Tool calls one run of guest code may make.
+    pub code_mode_max_calls: u32,
 }
+
+/// The tool calls a run of guest code may make unless configured otherwise.
+pub const DEFAULT_CODE_MODE_MAX_CALLS: u32 = 1000;
 
 /// The HTTP listener (`serve`).
 #[derive(Debug, Clone)]
@@ -239,6 +328,14 @@ fn merge_app(flags: &AppArgs, file: &FileConfig, cache_dir: &Path) -> Result<App
         roots.retain(|r| &r.name != name);
         roots.push(RootSetting { name: name.clone(), path: path.clone() });
     }
+    let code_mode_tools = flags
+        .code_mode_tools
+        .clone()
+        .or_else(|| file.code_mode.tools.clone())
+        .map(|names| names.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect::<Vec<_>>());
+    if code_mode_tools.iter().flatten().any(|name| name == crate::tools::CODE_INTERPRETER) {
+        bail!("code mode cannot offer {}: guest code would start guests", crate::tools::CODE_INTERPRETER);
+    }
     Ok(AppSettings {
         workspaces_dir: flags
             .workspaces_dir
@@ -248,6 +345,13 @@ fn merge_app(flags: &AppArgs, file: &FileConfig, cache_dir: &Path) -> Result<App
         workspace_linger: seconds("workspace linger", linger, 0.0)?,
         inline_images: flags.inline_images || file.tools.inline_images.unwrap_or(false),
         roots,
+        tools_dir: flags.tools_dir.clone().or_else(|| file.tools.dir.clone()).unwrap_or_else(|| PathBuf::from("tools")),
+        watch_tools: !flags.no_watch_tools && file.tools.watch.unwrap_or(true),
+        code_mode_tools,
+        code_mode_max_calls: positive(
+            "code mode max calls",
+            file.code_mode.max_calls.unwrap_or(DEFAULT_CODE_MODE_MAX_CALLS),
+        )?,
     })
 }
 

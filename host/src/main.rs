@@ -28,6 +28,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
         Command::Bench(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
         Command::Runtime(_) => Flags::default(),
+        Command::Tools(args) => Flags { app: args.app.clone(), ..Flags::default() },
+        Command::Config => {
+            print!("{}", toolhost::config::reference());
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let settings = Settings::load(&cli.global, &flags)?;
     init_logging(settings.log_format, &settings.log_filter);
@@ -37,6 +42,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run::run(settings, args),
         Command::Runtime(command) => commands::runtimes::run(settings, command),
         Command::Bench(args) => commands::bench::run(settings, args),
+        Command::Tools(_) => commands::tools::check(&settings),
+        Command::Config => unreachable!("answered before the settings are read"),
     }
 }
 

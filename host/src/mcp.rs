@@ -7,7 +7,7 @@ mod results;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rmcp::model::{
@@ -16,7 +16,7 @@ use rmcp::model::{
     ProgressNotificationParam, ProgressToken, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
     ServerCapabilities, ServerConfig, SubscribeRequestParams, Tool, ToolAnnotations, UnsubscribeRequestParams,
 };
-use rmcp::service::{Peer, RequestContext};
+use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tracing::Instrument;
 
@@ -29,6 +29,9 @@ const INSTRUCTIONS: &str = "toolhost runs Python in a fresh, isolated sandbox pe
 numpy, pandas, matplotlib and more, on a per-session workspace at /workspace that the file tools \
 (list_files, read_file, write_file, delete_file) share. Variables do not persist between calls; files do. \
 Workspace files are also resources (file:///workspace/...).";
+
+/// How often a session's tool-list watcher checks whether its session has ended.
+const SESSION_CHECK: Duration = Duration::from_secs(10);
 
 /// One session's MCP handler. Clones share the session.
 #[derive(Clone)]
@@ -69,10 +72,12 @@ impl McpHandler {
             cancel: context.ct.clone(),
             progress: progress.as_ref().map(|p| p as &dyn ProgressSink),
             inline_images: self.inline_images(&context),
+            deadline: None,
         };
-        let Some(result) = self.app.registry.call(&name, request.arguments, &ctx).await else {
+        let registry = self.app.registry();
+        let Some(result) = registry.call(&name, request.arguments, &ctx).await else {
             return Err(McpError::invalid_params(
-                format!("unknown tool {name:?}; this server has: {}", self.app.registry.names().join(", ")),
+                format!("unknown tool {name:?}; this server has: {}", registry.names().join(", ")),
                 None,
             ));
         };
@@ -123,11 +128,34 @@ impl ServerHandler for McpHandler {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(self.app.registry.definitions().map(to_mcp_tool).collect()))
+        Ok(ListToolsResult::with_all_items(self.app.registry().definitions().map(to_mcp_tool).collect()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.app.registry.get(name).map(to_mcp_tool)
+        self.app.registry().get(name).map(to_mcp_tool)
+    }
+
+    /// From now until the session ends, tells the client whenever the tool list changes.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut changes = self.app.tool_changes();
+        changes.mark_unchanged();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() || peer.notify_tool_list_changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    () = tokio::time::sleep(SESSION_CHECK) => {
+                        if peer.is_transport_closed() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     async fn call_tool(

@@ -4,6 +4,7 @@
 //! wait in a bounded queue; a full queue answers `Busy`.
 
 mod call;
+mod door;
 mod engine;
 mod guest;
 mod limits;
@@ -22,6 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use door::{Frame, HostTools, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
 pub use engine::WASMTIME_VERSION;
 pub use limits::Limits;
 pub use outcome::{ErrorInfo, FileInfo, Outcome, Status};
@@ -83,11 +85,36 @@ pub struct Call<'a> {
     /// Bytes the guest reads on stdin.
     pub stdin: Vec<u8>,
     pub workspace: &'a Workspace,
+    /// Mount `/workspace` read-only (org tools that only read).
+    pub workspace_read_only: bool,
     /// The limits for this call, already narrowed from the ceiling (`Limits::narrowed`).
     pub limits: Limits,
     pub roots: Vec<ReadOnlyRoot>,
     /// Set to stop the guest (e.g. the client cancelled the request).
     pub cancel: CancellationToken,
+    /// The tools the guest may call with `from host import tools` (code mode).
+    pub host_tools: Option<Arc<dyn HostTools>>,
+    /// Made by a guest of another call through its host tools: it runs on that call's slot
+    /// (which waits for it) instead of queueing for one, which could deadlock.
+    pub nested: bool,
+}
+
+impl<'a> Call<'a> {
+    /// A call of `code` on `workspace` under `limits`, with nothing else.
+    pub fn new(code: String, workspace: &'a Workspace, limits: Limits) -> Self {
+        Call {
+            code,
+            runtime: None,
+            stdin: Vec::new(),
+            workspace,
+            workspace_read_only: false,
+            limits,
+            roots: Vec::new(),
+            cancel: CancellationToken::new(),
+            host_tools: None,
+            nested: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +230,9 @@ impl Sandbox {
             available: self.runtime_names().join(", "),
         })?;
 
-        let _permit = {
+        let _permit = if call.nested {
+            None
+        } else {
             if inner.permits.available_permits() == 0
                 && inner.waiting.load(Ordering::Relaxed) >= inner.config.queue_depth
             {
@@ -213,7 +242,7 @@ impl Sandbox {
             let waited = Counted(&inner.waiting);
             let permit = inner.permits.clone().acquire_owned().await.map_err(|e| anyhow::anyhow!(e))?;
             drop(waited);
-            permit
+            Some(permit)
         };
         inner.running.fetch_add(1, Ordering::Relaxed);
         let _running = Counted(&inner.running);
@@ -238,6 +267,7 @@ impl Sandbox {
             call_id: call_id.clone(),
             stdin: call.stdin,
             workspace: workspace.host_path().to_path_buf(),
+            workspace_read_only: call.workspace_read_only,
             scratch: scratch.path().to_path_buf(),
             roots: call.roots,
             limits,
@@ -247,6 +277,7 @@ impl Sandbox {
             stderr: stderr.clone(),
             memory_denied: memory_denied.clone(),
             learn: false,
+            host_tools: call.host_tools,
         };
         let executor = inner.executor.0.as_ref().context("the sandbox is shutting down")?.handle();
         let handle = spawn_guest(executor, prepared, inner.engine.engine.clone(), guest_run);
@@ -396,6 +427,7 @@ fn run_once(
         call_id: "startup".into(),
         stdin: Vec::new(),
         workspace: workspace.path().to_path_buf(),
+        workspace_read_only: false,
         scratch: scratch.path().to_path_buf(),
         roots: Vec::new(),
         limits,
@@ -405,6 +437,7 @@ fn run_once(
         stderr: stderr.clone(),
         memory_denied: Arc::new(AtomicBool::new(false)),
         learn,
+        host_tools: None,
     };
     // Wait on a std channel: this thread may be inside another tokio runtime, where blocking on
     // tokio's channels is refused.

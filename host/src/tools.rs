@@ -1,16 +1,20 @@
-//! Tools: one file per tool behind the `Tool` trait, gathered in a `Registry` that validates
-//! every call's arguments against the tool's JSON Schema (draft 2020-12) before it runs. Tools
-//! speak in `ToolOutput` and `ToolError`; turning those into MCP results happens in `mcp` only.
+//! Tools: one file per built-in tool and the organisation's own (`org`), behind the `Tool`
+//! trait, gathered in a `Registry` that validates every call's arguments against the tool's
+//! JSON Schema (draft 2020-12) before it runs. Tools speak in `ToolOutput` and `ToolError`;
+//! turning those into MCP results happens in `mcp`, into guest answers in `code_mode`.
 
 mod calculate_sum;
 mod code_interpreter;
+pub mod code_mode;
 mod delete_file;
 mod list_files;
+pub mod org;
 mod read_file;
 mod write_file;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -24,7 +28,7 @@ use crate::workspace::WorkspaceError;
 pub use code_interpreter::CodeInterpreter;
 
 /// A tool's public description: what `tools/list` shows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ToolDefinition {
     pub name: String,
     pub title: String,
@@ -36,7 +40,7 @@ pub struct ToolDefinition {
 }
 
 /// MCP tool annotations.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hints {
     pub read_only: bool,
     pub destructive: bool,
@@ -82,9 +86,29 @@ pub enum ToolError {
     /// The runtime is still being prepared (first start).
     #[error("{0}")]
     NotReady(String),
+    /// The tool ran and failed: its own error, a crash, a limit.
+    #[error("{}", .0.message)]
+    Failed(Failure),
     /// Our own fault: logged with its cause, shown to the client as an internal error.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// How a tool failed: a message for whoever called it, and detail (a traceback, the tool's
+/// stderr) that MCP clients see but guest code never does.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The tool reported an error, crashed, or broke its contract.
+    Error,
+    /// The tool hit its deadline.
+    Timeout,
 }
 
 /// Reports progress of a long call to the client that asked for it.
@@ -95,14 +119,16 @@ pub trait ProgressSink: Send + Sync {
 
 /// What a tool call may use.
 pub struct ToolContext<'a> {
-    pub app: &'a App,
-    pub session: &'a Session,
+    pub app: &'a Arc<App>,
+    pub session: &'a Arc<Session>,
     /// Cancelled when the client cancels the request.
     pub cancel: CancellationToken,
     /// Set when the client asked for progress notifications.
     pub progress: Option<&'a dyn ProgressSink>,
     /// Whether the client accepts image content.
     pub inline_images: bool,
+    /// Set when another call waits for this one (code mode): the tool must be done by then.
+    pub deadline: Option<Instant>,
 }
 
 #[async_trait]
@@ -111,6 +137,12 @@ pub trait Tool: Send + Sync {
 
     /// Runs the tool with arguments already validated against its input schema.
     async fn call(&self, args: Map<String, Value>, ctx: &ToolContext<'_>) -> Result<ToolOutput, ToolError>;
+
+    /// Whether guest code may call this org tool by default (code mode; the built-ins but the
+    /// interpreter always may); the configuration may say otherwise.
+    fn callable_from_code(&self) -> bool {
+        false
+    }
 }
 
 /// A tool with its compiled input validator.
@@ -119,32 +151,78 @@ struct Entry {
     validator: jsonschema::Validator,
 }
 
-/// Every tool the server offers, by name.
+/// Every tool the server offers, by name, and those guest code may call.
 #[derive(Default)]
 pub struct Registry {
     tools: BTreeMap<String, Entry>,
+    callable_from_code: Vec<String>,
 }
 
+/// The built-in tool that runs code; never callable from code itself.
+pub const CODE_INTERPRETER: &str = "code_interpreter";
+
 impl Registry {
-    /// The built-in tools, described with the configured limits.
+    /// The built-in tools, described with the configured limits, with the default code-mode
+    /// tools.
     pub fn builtin(limits: &Limits) -> Registry {
+        Registry::build(limits, Vec::new(), None)
+    }
+
+    /// The built-in tools and the organisation's (`org`; one whose name is taken is skipped
+    /// with a warning). Guest code may call `code_mode` tools, or, when that is `None`, the
+    /// built-ins that only touch the workspace and the org tools that say they are safe.
+    pub fn build(limits: &Limits, org: Vec<Arc<dyn Tool>>, code_mode: Option<&[String]>) -> Registry {
         let mut registry = Registry::default();
-        let tools: Vec<Arc<dyn Tool>> = vec![
-            Arc::new(CodeInterpreter::new(limits)),
+        let builtin: Vec<Arc<dyn Tool>> = vec![
             Arc::new(calculate_sum::CalculateSum::new()),
             Arc::new(list_files::ListFiles::new()),
             Arc::new(read_file::ReadFile::new()),
             Arc::new(write_file::WriteFile::new()),
             Arc::new(delete_file::DeleteFile::new()),
         ];
-        for tool in tools {
+        // By default, code may call every built-in but the interpreter: they touch only the
+        // session's workspace.
+        let mut by_default: Vec<String> = builtin.iter().map(|t| t.definition().name.clone()).collect();
+        for tool in builtin {
             registry.add(tool).expect("built-in tool schemas compile");
         }
+        for tool in org {
+            let name = tool.definition().name.clone();
+            if name == CODE_INTERPRETER || registry.tools.contains_key(&name) {
+                tracing::warn!(tool = %name, "skipping the org tool {name:?}: a built-in tool has that name");
+                continue;
+            }
+            if let Err(e) = registry.add(tool) {
+                tracing::warn!(tool = %name, "skipping the org tool {name:?}: {e:#}");
+            }
+        }
+        registry.callable_from_code = match code_mode {
+            Some(names) => {
+                for unknown in names.iter().filter(|n| !registry.tools.contains_key(*n)) {
+                    tracing::warn!("code mode names {unknown:?}, but no such tool is loaded");
+                }
+                names.iter().filter(|n| registry.tools.contains_key(*n)).cloned().collect()
+            }
+            None => {
+                by_default.extend(
+                    registry
+                        .tools
+                        .values()
+                        .filter(|e| e.tool.callable_from_code())
+                        .map(|e| e.tool.definition().name.clone()),
+                );
+                by_default.sort();
+                by_default.dedup();
+                by_default
+            }
+        };
+        let interpreter = CodeInterpreter::new(limits, &registry.callable_from_code);
+        registry.add(Arc::new(interpreter)).expect("the code interpreter's schema compiles");
         registry
     }
 
     /// Adds a tool; its input schema must compile and its name must be new.
-    pub fn add(&mut self, tool: Arc<dyn Tool>) -> anyhow::Result<()> {
+    fn add(&mut self, tool: Arc<dyn Tool>) -> anyhow::Result<()> {
         let definition = tool.definition();
         if self.tools.contains_key(&definition.name) {
             anyhow::bail!("a tool named {:?} already exists", definition.name);
@@ -167,6 +245,11 @@ impl Registry {
         self.tools.keys().cloned().collect()
     }
 
+    /// The tools guest code may call, by name.
+    pub fn callable_from_code(&self) -> &[String] {
+        &self.callable_from_code
+    }
+
     /// Validates the arguments, then runs the tool. `None` when no tool has that name.
     pub async fn call(
         &self,
@@ -185,8 +268,9 @@ impl Registry {
     }
 }
 
-/// Every way `instance` fails `validator`, each naming the field (`/timeout_s`) or `arguments`
-/// for the whole object, joined with "; ".
+/// Every way `instance` fails `validator`, each naming the field (`a`, `rows/3/name`) or
+/// `arguments` for the whole object, what was wrong with the value, and the schema rule it
+/// broke, joined with "; ".
 pub fn check(validator: &jsonschema::Validator, instance: &Value) -> Result<(), String> {
     let problems: Vec<String> = validator
         .iter_errors(instance)
@@ -194,7 +278,7 @@ pub fn check(validator: &jsonschema::Validator, instance: &Value) -> Result<(), 
             let path = error.instance_path().to_string();
             let field =
                 if path.is_empty() { "arguments".to_string() } else { format!("`{}`", path.trim_start_matches('/')) };
-            format!("{field}: {error}")
+            format!("{field}: {error} (schema {})", error.schema_path())
         })
         .collect();
     if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
@@ -240,7 +324,7 @@ mod tests {
         let schema = object_schema(json!({"a": {"type": "number"}, "b": {"type": "number"}}), &["a", "b"]);
         let validator = jsonschema::draft202012::new(&schema).expect("schema");
         let message = check(&validator, &json!({"a": "three"})).expect_err("invalid");
-        assert!(message.contains("`a`: \"three\" is not of type \"number\""), "{message}");
+        assert!(message.contains("`a`: \"three\" is not of type \"number\" (schema /properties/a/type)"), "{message}");
         assert!(message.contains("arguments: \"b\" is a required property"), "{message}");
         let extra = check(&validator, &json!({"a": 1, "b": 2, "c": 3})).expect_err("extra");
         assert!(extra.contains("'c' was unexpected") || extra.contains("\"c\""), "{extra}");

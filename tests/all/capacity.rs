@@ -31,15 +31,7 @@ fn single_slot() -> &'static Sandbox {
 const WAITS_IN_A_HOST_CALL: &str = "import time\nopen('started', 'w').close()\ntime.sleep(60)";
 
 fn call<'a>(code: &str, ws: &'a Workspace, cancel: CancellationToken) -> Call<'a> {
-    Call {
-        code: code.into(),
-        runtime: Some(PYTHON),
-        stdin: Vec::new(),
-        workspace: ws,
-        limits: with_timeout(20.0),
-        roots: Vec::new(),
-        cancel,
-    }
+    Call { runtime: Some(PYTHON), cancel, ..Call::new(code.into(), ws, with_timeout(20.0)) }
 }
 
 /// Waits (bounded) until the guest has written `started` in its workspace.

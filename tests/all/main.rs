@@ -11,6 +11,7 @@ mod isolation;
 mod limits;
 mod mcp_client;
 mod mcp_http;
+mod org_tools;
 mod packages;
 mod python_clients;
 mod runtimes;

@@ -22,6 +22,7 @@ pub struct Counting {
     pub progress: Arc<AtomicUsize>,
     pub resource_list_changed: Arc<AtomicUsize>,
     pub resource_updated: Arc<AtomicUsize>,
+    pub tool_list_changed: Arc<AtomicUsize>,
 }
 
 impl Counting {
@@ -45,6 +46,10 @@ impl ClientHandler for Counting {
         _context: NotificationContext<RoleClient>,
     ) {
         self.resource_updated.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.tool_list_changed.fetch_add(1, Ordering::SeqCst);
     }
 
     fn get_info(&self) -> ClientConfig {

@@ -7,8 +7,15 @@ use crate::support::{python_venv, settings, start_server, toolhost_bin};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_clients_work_against_the_server() {
     let python = tokio::task::spawn_blocking(python_venv).await.expect("venv");
-    let server = start_server(|s| s.server.tokens = vec!["python-test-token".into()]).await;
-    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tests = repo.join("tests/python");
+    let logs = tests.join("fixtures/logs");
+    let server = start_server(|s| {
+        s.server.tokens = vec!["python-test-token".into()];
+        s.app.tools_dir = repo.join("tools");
+        s.app.roots.push(toolhost::config::RootSetting { name: "logs".into(), path: logs.clone() });
+    })
+    .await;
     let output = tokio::process::Command::new(python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short"])
         .arg(&tests)
@@ -16,6 +23,8 @@ async fn the_python_clients_work_against_the_server() {
         .env("TOOLHOST_TOKEN", "python-test-token")
         .env("TOOLHOST_BIN", toolhost_bin())
         .env("TOOLHOST_CACHE", settings().cache_dir)
+        .env("TOOLHOST_TOOLS_DIR", repo.join("tools"))
+        .env("TOOLHOST_LOGS_ROOT", &logs)
         .output()
         .await
         .expect("pytest runs");

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use toolhost::cli::{GlobalArgs, LimitArgs};
 use toolhost::config::{FileConfig, Flags, Settings};
 use toolhost::progress::Progress;
@@ -46,15 +45,7 @@ pub fn workspace() -> (tempfile::TempDir, Workspace) {
 /// Runs `code` on `runtime` in `workspace` with `limits`.
 pub async fn run_with(code: &str, runtime: &str, workspace: &Workspace, limits: Limits) -> Outcome {
     sandbox()
-        .run(Call {
-            code: code.to_string(),
-            runtime: Some(runtime),
-            stdin: Vec::new(),
-            workspace,
-            limits,
-            roots: Vec::new(),
-            cancel: CancellationToken::new(),
-        })
+        .run(Call { runtime: Some(runtime), ..Call::new(code.to_string(), workspace, limits) })
         .await
         .expect("the call runs")
 }
@@ -121,9 +112,7 @@ pub async fn start_server(configure: impl FnOnce(&mut Settings)) -> TestServer {
     settings.server.shutdown_grace = Duration::from_secs(5);
     configure(&mut settings);
     let limits = settings.sandbox.limits;
-    let app = std::sync::Arc::new(
-        toolhost::app::App::new(&settings.app, limits, toolhost::tools::Registry::builtin(&limits)).expect("app"),
-    );
+    let app = std::sync::Arc::new(toolhost::app::App::new(&settings.app, limits).expect("app"));
     // Its own sandbox, so that its capacity and running calls are its own.
     sandbox();
     let own = toolhost::commands::start_sandbox(&settings, &[PYTHON.to_string()], &Progress::quiet()).expect("sandbox");

@@ -12,7 +12,6 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::cli::{BenchArgs, BenchMode};
@@ -99,13 +98,8 @@ impl Target {
             Target::InProcess { sandbox, runtime, workspaces } => {
                 let outcome = sandbox
                     .run(Call {
-                        code: code.to_string(),
                         runtime: Some(runtime),
-                        stdin: Vec::new(),
-                        workspace: &workspaces[worker],
-                        limits: sandbox.limits(),
-                        roots: Vec::new(),
-                        cancel: CancellationToken::new(),
+                        ..Call::new(code.to_string(), &workspaces[worker], sandbox.limits())
                     })
                     .await?;
                 Ok(if outcome.is_ok() {
@@ -206,7 +200,7 @@ async fn local_server(
     let mut app_settings = settings.app.clone();
     app_settings.workspaces_dir = scratch.join("sessions");
     let limits = settings.sandbox.limits;
-    let app = Arc::new(App::new(&app_settings, limits, crate::tools::Registry::builtin(&limits))?);
+    let app = Arc::new(App::new(&app_settings, limits)?);
     app.set_sandbox(sandbox);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);

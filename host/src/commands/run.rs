@@ -4,7 +4,6 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::config::Settings;
@@ -42,15 +41,8 @@ pub fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     let workspace =
         Workspace::open(&folder, quota).with_context(|| format!("cannot open the workspace {}", folder.display()))?;
     let executor = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcome = executor.block_on(sandbox.run(Call {
-        code,
-        runtime: Some(&runtime),
-        stdin: Vec::new(),
-        workspace: &workspace,
-        limits,
-        roots: Vec::new(),
-        cancel: CancellationToken::new(),
-    }))?;
+    let outcome =
+        executor.block_on(sandbox.run(Call { runtime: Some(&runtime), ..Call::new(code, &workspace, limits) }))?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(if outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

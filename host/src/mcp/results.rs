@@ -8,7 +8,7 @@ use base64::Engine;
 use rmcp::ErrorData as McpError;
 use rmcp::model::{CallToolResult, ContentBlock};
 
-use crate::tools::{ToolError, ToolOutput};
+use crate::tools::{Failure, FailureKind, ToolError, ToolOutput};
 
 /// No tool result may serialize to more than this; clients refuse large messages.
 pub const MAX_RESULT_BYTES: usize = 512 << 10;
@@ -33,10 +33,17 @@ pub fn to_call_tool_result(
                 ToolError::Workspace(_) => "refused",
                 ToolError::Busy(_) => "busy",
                 ToolError::NotReady(_) => "not_ready",
+                ToolError::Failed(failure) => match failure.kind {
+                    FailureKind::Timeout => "timeout",
+                    FailureKind::Error => "error",
+                },
                 ToolError::Internal(_) => unreachable!("handled above"),
             };
             let message = match &error {
                 ToolError::InvalidArguments(_) => format!("{tool}: {error}"),
+                ToolError::Failed(Failure { message, detail: Some(detail), .. }) => {
+                    format!("{message}\n--- stderr ---\n{detail}")
+                }
                 _ => error.to_string(),
             };
             (status.to_string(), Ok(CallToolResult::error(vec![ContentBlock::text(message)])))
@@ -67,7 +74,8 @@ fn from_output(output: ToolOutput) -> CallToolResult {
             .push(ContentBlock::image(base64::engine::general_purpose::STANDARD.encode(&image.bytes), image.mime_type));
     }
     let mut result = if output.is_error { CallToolResult::error(content) } else { CallToolResult::success(content) };
-    result.structured_content = output.structured;
+    // MCP carries only objects as structured content.
+    result.structured_content = output.structured.filter(serde_json::Value::is_object);
     result
 }
 

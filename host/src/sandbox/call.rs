@@ -16,6 +16,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use super::door::{self, HostTools};
 use super::guest;
 use super::outcome::Ending;
 use super::output::Capture;
@@ -23,8 +24,6 @@ use super::prefault::WriteSet;
 use super::{Limits, ReadOnlyRoot};
 use crate::runtime::{AbiKind, FileRole, InstalledRuntime};
 
-/// What `host.call` answers when no host tools are offered to the guest.
-const NO_HOST: i32 = -1;
 /// Tables may grow to this many elements (the guest starts with ~47k).
 const TABLE_LIMIT: usize = 1 << 20;
 
@@ -32,8 +31,10 @@ const TABLE_LIMIT: usize = 1 << 20;
 pub(super) struct CallState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
-    deadline: Instant,
+    pub(super) deadline: Instant,
     cancel: CancellationToken,
+    /// What answers the guest's `host.call`; `None`: the call offers no tools.
+    pub(super) host_tools: Option<Arc<dyn HostTools>>,
 }
 
 /// Refuses memory growth past the call's limit, remembering that it did: the guest then sees
@@ -100,7 +101,13 @@ impl Layout {
 pub(super) fn linker(engine: &Engine) -> Result<Linker<CallState>> {
     let mut linker: Linker<CallState> = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |state: &mut CallState| &mut state.wasi)?;
-    linker.func_wrap("host", "call", |_: wasmtime::Caller<'_, CallState>, _: i32, _: i32, _: i32, _: i32| NO_HOST)?;
+    linker.func_wrap_async(
+        "host",
+        "call",
+        |mut caller: wasmtime::Caller<'_, CallState>, args: (i32, i32, i32, i32)| {
+            Box::new(async move { door::serve(&mut caller, args).await })
+        },
+    )?;
     Ok(linker)
 }
 
@@ -156,8 +163,9 @@ pub(super) struct GuestRun {
     pub script: Script,
     pub call_id: String,
     pub stdin: Vec<u8>,
-    /// The host folder seen as `/workspace`, read-write.
+    /// The host folder seen as `/workspace`.
     pub workspace: PathBuf,
+    pub workspace_read_only: bool,
     /// The host folder seen as `/tmp`, read-write, fresh for this call.
     pub scratch: PathBuf,
     pub roots: Vec<ReadOnlyRoot>,
@@ -169,6 +177,7 @@ pub(super) struct GuestRun {
     pub memory_denied: Arc<AtomicBool>,
     /// Learn which pages of memory the run wrote (see `prefault`).
     pub learn: bool,
+    pub host_tools: Option<Arc<dyn HostTools>>,
 }
 
 /// How a run ended and the fuel it burned (unknown after an interruption).
@@ -222,7 +231,8 @@ pub(super) fn store(
         mount(&mut wasi, host, guest, FsPerms::ReadOnly)?;
     }
     mount(&mut wasi, &run.scratch, "/tmp", FsPerms::ReadWrite)?;
-    mount(&mut wasi, &run.workspace, "/workspace", FsPerms::ReadWrite)?;
+    let workspace_perms = if run.workspace_read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+    mount(&mut wasi, &run.workspace, "/workspace", workspace_perms)?;
     for root in &run.roots {
         mount(&mut wasi, &root.host, &format!("/{}", root.name), FsPerms::ReadOnly)?;
     }
@@ -235,6 +245,7 @@ pub(super) fn store(
         },
         deadline: run.deadline,
         cancel: run.cancel.clone(),
+        host_tools: run.host_tools.clone(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);

@@ -215,6 +215,7 @@ async fn preinitialize(
         call_id: "snapshot".into(),
         stdin: Vec::new(),
         workspace: workspace.path().to_path_buf(),
+        workspace_read_only: false,
         scratch: scratch.path().to_path_buf(),
         roots: Vec::new(),
         limits,
@@ -224,6 +225,7 @@ async fn preinitialize(
         stderr: stderr.clone(),
         memory_denied: Arc::new(AtomicBool::new(false)),
         learn: false,
+        host_tools: None,
     };
     let mut store = call::store(engine, layout, &[argv0], env, &run)?;
     store.set_fuel(limits.fuel)?;

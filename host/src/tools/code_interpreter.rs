@@ -1,14 +1,16 @@
 //! `code_interpreter`: runs Python in a fresh sandbox on the session's workspace, reporting
 //! progress while it runs, stopping when the client cancels.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::code_mode::CodeMode;
 use super::{Hints, Image, Tool, ToolContext, ToolDefinition, ToolError, ToolOutput, object_schema, parse};
-use crate::sandbox::{Call, Limits, Outcome, SandboxError, Status};
+use crate::sandbox::{Call, HostTools, Limits, Outcome, SandboxError, Status};
 
 /// The most image bytes a result carries inline (base64 adds a third; every result stays
 /// under 512 KiB).
@@ -27,7 +29,8 @@ struct Args {
 }
 
 impl CodeInterpreter {
-    pub fn new(limits: &Limits) -> Self {
+    /// Described with the limits and the tools its code may call.
+    pub fn new(limits: &Limits, callable: &[String]) -> Self {
         let timeout = limits.timeout.as_secs_f64();
         let description = format!(
             "Run Python 3.15 code in a fresh, isolated sandbox and return its output.\n\n\
@@ -47,7 +50,7 @@ impl CodeInterpreter {
              and tail, and is saved whole under /workspace/.toolhost/).",
             memory = limits.memory_bytes >> 20,
             output = limits.result_output_bytes >> 10,
-        );
+        ) + &code_mode_note(callable);
         let input_schema = object_schema(
             json!({
                 "code": {"type": "string", "description": "Python source to run, like a notebook cell."},
@@ -85,13 +88,10 @@ impl Tool for CodeInterpreter {
         let limits = sandbox.limits().narrowed(args.timeout_s.map(Duration::from_secs_f64));
         let workspace = ctx.session.workspace()?;
         let run = sandbox.run(Call {
-            code: args.code,
-            runtime: None,
-            stdin: Vec::new(),
-            workspace,
-            limits,
             roots: ctx.app.roots_for_sandbox(),
             cancel: ctx.cancel.clone(),
+            host_tools: CodeMode::for_run(ctx.app, ctx.session, &ctx.cancel).map(|door| door as Arc<dyn HostTools>),
+            ..Call::new(args.code, workspace, limits)
         });
         let outcome = match ctx.progress {
             Some(sink) => with_progress(run, sink, limits.timeout).await,
@@ -110,6 +110,18 @@ impl Tool for CodeInterpreter {
             changed_workspace: !outcome.files.is_empty(),
         })
     }
+}
+
+/// The description's paragraph on the tools code may call, if any.
+fn code_mode_note(callable: &[String]) -> String {
+    let Some(example) = callable.first() else { return String::new() };
+    format!(
+        "\n\nYour code can call these tools directly, with keyword arguments, and get their results as \
+         Python values: {}. `from host import tools`, then e.g. `tools.{example}(...)`; `help(tools.{example})` \
+         shows its arguments. A failed call raises `ToolError` (`from host import tools, ToolError`). Prefer one program that calls several \
+         tools over many separate calls.",
+        callable.join(", ")
+    )
 }
 
 /// Runs `call`, sending a progress notification every second until it ends.
