@@ -90,8 +90,8 @@ impl App {
         self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Loads the org tools again (reporting each folder that does not load) and, when the tool
-    /// list differs, swaps it in and tells the sessions. Returns whether it changed.
+    /// Loads the org tools again (reporting each folder that does not load), swaps them in and,
+    /// when the tool list differs, tells the sessions. Returns whether the list changed.
     pub fn reload_tools(&self) -> bool {
         let root_names: Vec<String> = self.roots.iter().map(|r| r.name.clone()).collect();
         let loaded = org::load_dir(&self.tools_dir, &self.limits, &root_names);
@@ -104,16 +104,16 @@ impl App {
         let org = loaded.tools.into_iter().map(|tool| Arc::new(tool) as Arc<dyn crate::tools::Tool>).collect();
         let registry = Registry::build(&self.limits, org, self.code_mode_tools.as_deref());
         let mut current = self.registry.write().unwrap_or_else(|p| p.into_inner());
-        if current.definitions().eq(registry.definitions())
-            && current.callable_from_code() == registry.callable_from_code()
-        {
-            return false;
-        }
-        tracing::info!(tools = %registry.names().join(", "), "tools loaded");
+        // Swapped even when the list looks the same: a tool's limits, roots or folder may differ.
+        let changed = !current.definitions().eq(registry.definitions())
+            || current.callable_from_code() != registry.callable_from_code();
         *current = Arc::new(registry);
         drop(current);
-        self.tools_changed.send_modify(|generation| *generation += 1);
-        true
+        if changed {
+            tracing::info!(tools = %self.registry().names().join(", "), "tools loaded");
+            self.tools_changed.send_modify(|generation| *generation += 1);
+        }
+        changed
     }
 
     /// Reloads the tools whenever something under the tools dir changes, from now on (a missing
