@@ -367,3 +367,23 @@ async fn code_mode_can_be_switched_off() {
     assert!(text(&ran).contains("this run has no tools"), "{}", text(&ran));
     client.cancel().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_a_tools_new_limits_even_when_its_description_is_unchanged() {
+    let tools = tempfile::tempdir().expect("tempdir");
+    simple(tools.path(), "spin", "[limits]\ntimeout_s = 1.5", "while True:\n    pass\n");
+    let server = start_server(|s| s.app.tools_dir = tools.path().to_path_buf()).await;
+    let client = connect(&server.url, None).await;
+    let started = Instant::now();
+    let spun = call(&client, "spin", json!({})).await;
+    let before = started.elapsed();
+    assert!(is_error(&spun) && before >= Duration::from_millis(1400), "{before:?}: {}", text(&spun));
+
+    simple(tools.path(), "spin", "[limits]\ntimeout_s = 0.3", "while True:\n    pass\n");
+    assert!(!server.app.reload_tools(), "the tool list itself did not change: no notification");
+    let started = Instant::now();
+    let spun = call(&client, "spin", json!({})).await;
+    let after = started.elapsed();
+    assert!(is_error(&spun) && after < Duration::from_millis(1200), "the new 0.3 s limit applies: {after:?}");
+    client.cancel().await.expect("close");
+}
