@@ -417,28 +417,10 @@ fn run_once(
     script: call::Script,
     learn: bool,
 ) -> Result<(call::Ran, String, String)> {
-    let workspace = tempfile::tempdir()?;
-    let scratch = tempfile::tempdir()?;
     let limits = Limits::default();
-    let stdout = output::Capture::new(limits.output_bytes);
-    let stderr = output::Capture::new(limits.output_bytes);
-    let run = call::GuestRun {
-        script,
-        call_id: "startup".into(),
-        stdin: Vec::new(),
-        workspace: workspace.path().to_path_buf(),
-        workspace_read_only: false,
-        scratch: scratch.path().to_path_buf(),
-        roots: Vec::new(),
-        limits,
-        deadline: Instant::now() + limits.timeout,
-        cancel: CancellationToken::new(),
-        stdout: stdout.clone(),
-        stderr: stderr.clone(),
-        memory_denied: Arc::new(AtomicBool::new(false)),
-        learn,
-        host_tools: None,
-    };
+    let deadline = Instant::now() + limits.timeout;
+    let (run, _folders) = call::GuestRun::offline(script, "startup", limits, deadline, learn)?;
+    let (stdout, stderr) = (run.stdout.clone(), run.stderr.clone());
     // Wait on a std channel: this thread may be inside another tokio runtime, where blocking on
     // tokio's channels is refused.
     let handle = spawn_guest(executor, Arc::new(prepared.clone()), engine.clone(), run);

@@ -180,6 +180,39 @@ pub(super) struct GuestRun {
     pub host_tools: Option<Arc<dyn HostTools>>,
 }
 
+impl GuestRun {
+    /// A run outside any call (at start, or while building a snapshot): throwaway workspace and
+    /// `/tmp`, which live as long as the returned folders, empty stdin, no tools.
+    pub fn offline(
+        script: Script,
+        call_id: &str,
+        limits: Limits,
+        deadline: Instant,
+        learn: bool,
+    ) -> Result<(GuestRun, [tempfile::TempDir; 2])> {
+        let workspace = tempfile::tempdir()?;
+        let scratch = tempfile::tempdir()?;
+        let run = GuestRun {
+            script,
+            call_id: call_id.into(),
+            stdin: Vec::new(),
+            workspace: workspace.path().to_path_buf(),
+            workspace_read_only: false,
+            scratch: scratch.path().to_path_buf(),
+            roots: Vec::new(),
+            limits,
+            deadline,
+            cancel: CancellationToken::new(),
+            stdout: Capture::new(limits.output_bytes),
+            stderr: Capture::new(limits.output_bytes),
+            memory_denied: Arc::new(AtomicBool::new(false)),
+            learn,
+            host_tools: None,
+        };
+        Ok((run, [workspace, scratch]))
+    }
+}
+
 /// How a run ended and the fuel it burned (unknown after an interruption).
 #[derive(Debug)]
 pub(super) struct Ran {

@@ -6,13 +6,10 @@
 //! preload, layout, prelude source, format), kept in the cache, compiled like any module.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, Instance, Module, Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
@@ -205,28 +202,10 @@ async fn preinitialize(
     wizer: &Wizer,
     context: &wasmtime_wizer::ModuleContext<'_>,
 ) -> Result<Vec<u8>> {
-    let workspace = tempfile::tempdir()?;
-    let scratch = tempfile::tempdir()?;
     let limits = Limits { fuel: u64::MAX / 2, ..Limits::default() };
-    let stdout = Capture::new(limits.output_bytes);
-    let stderr = Capture::new(limits.output_bytes);
-    let run = GuestRun {
-        script: Script::Bare(String::new()),
-        call_id: "snapshot".into(),
-        stdin: Vec::new(),
-        workspace: workspace.path().to_path_buf(),
-        workspace_read_only: false,
-        scratch: scratch.path().to_path_buf(),
-        roots: Vec::new(),
-        limits,
-        deadline: Instant::now() + BUILD_DEADLINE,
-        cancel: CancellationToken::new(),
-        stdout: stdout.clone(),
-        stderr: stderr.clone(),
-        memory_denied: Arc::new(AtomicBool::new(false)),
-        learn: false,
-        host_tools: None,
-    };
+    let deadline = Instant::now() + BUILD_DEADLINE;
+    let (run, _folders) = GuestRun::offline(Script::Bare(String::new()), "snapshot", limits, deadline, false)?;
+    let stderr = run.stderr.clone();
     let mut store = call::store(engine, layout, &[argv0], env, &run)?;
     store.set_fuel(limits.fuel)?;
     let instance = call::linker(engine)?.instantiate_async(&mut store, module).await.map_err(anyhow::Error::from)?;
