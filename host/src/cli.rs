@@ -54,6 +54,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// As the flag spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the MCP tools over HTTP: streamable HTTP at /mcp, legacy HTTP+SSE at /sse and
@@ -70,8 +80,14 @@ pub enum Command {
     /// Manage the guest runtimes: download with pip, verify, list.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
-    /// Measure per-call latency and throughput on the DESIGN.md workloads.
+    /// Measure per-call latency and throughput: print, pure Python, numpy, pandas and a
+    /// matplotlib PNG, in process and over streamable HTTP, sequential and concurrent.
     Bench(BenchArgs),
+    /// (Internal) Prepare runtimes for a server in a child process: read the sandbox settings as
+    /// JSON on stdin, build the snapshot and compile each module into the cache, then exit, so
+    /// that the compile's memory goes back to the system with the process.
+    #[command(hide = true)]
+    Prepare,
     /// Check the org tools: list those that load and, for each folder that does not, the file
     /// and the reason. Exit status 1 when a folder does not load.
     Tools(ToolsArgs),

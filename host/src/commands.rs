@@ -1,6 +1,7 @@
 //! The subcommands: each turns `Settings` into work and an exit status.
 
 pub mod bench;
+pub mod prepare;
 pub mod run;
 pub mod runtimes;
 pub mod serve;
@@ -47,20 +48,22 @@ pub fn start_app(settings: &Settings) -> Result<(Arc<App>, tokio::task::JoinHand
     let app = Arc::new(App::new(&settings.app, limits)?);
     app.sessions.spawn_reaper();
     if settings.app.watch_tools {
-        app.watch_tools()?;
+        app.catalog().watch()?;
     }
     let preparing = app.clone();
     let settings = settings.clone();
     let ready = tokio::task::spawn_blocking(move || {
         let names = vec![settings.sandbox.default_runtime.clone()];
-        match start_sandbox(&settings, &names, &Progress::log()) {
+        let started = prepare::in_child_if_cold(&settings, &names)
+            .and_then(|()| start_sandbox(&settings, &names, &Progress::log()));
+        match started {
             Ok(sandbox) => {
-                preparing.set_sandbox(sandbox);
+                preparing.services.sandbox.set(sandbox);
                 tracing::info!("ready: the {} runtime is loaded", names.join(", "));
                 Ok(())
             }
             Err(e) => {
-                preparing.set_failed(format!("{e:#}"));
+                preparing.services.sandbox.fail(format!("{e:#}"));
                 Err(e)
             }
         }

@@ -1,6 +1,8 @@
 //! Settings: flags (and their `TOOLHOST_*` variables, which clap reads) over `toolhost.toml`
-//! over defaults, merged once into one validated `Settings`. Nothing else reads the
-//! environment or the config file.
+//! over defaults, merged once into one validated `Settings`. Nothing else reads the config
+//! file; two things read the environment themselves: the default cache folder
+//! (`runtime::cache`: `TOOLHOST_CACHE`, `XDG_CACHE_HOME`, `HOME`) and the Python that fetches
+//! runtimes (`runtime::fetch`: `TOOLHOST_PYTHON`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -27,7 +27,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stdio(args) => Flags { limits: args.limits.clone(), app: args.app.clone(), ..Flags::default() },
         Command::Run(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
         Command::Bench(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
-        Command::Runtime(_) => Flags::default(),
+        Command::Runtime(_) | Command::Prepare => Flags::default(),
         Command::Tools(args) => Flags { app: args.app.clone(), ..Flags::default() },
         Command::Config => {
             print!("{}", toolhost::config::reference());
@@ -42,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run::run(settings, args),
         Command::Runtime(command) => commands::runtimes::run(settings, command),
         Command::Bench(args) => commands::bench::run(settings, args),
+        Command::Prepare => commands::prepare::child(settings),
         Command::Tools(_) => commands::tools::check(&settings),
         Command::Config => unreachable!("answered before the settings are read"),
     }

@@ -1,6 +1,7 @@
 //! The MCP handler: rmcp's `ServerHandler` over the `App`. One handler per session, whatever
 //! the transport. This is the one place where tool outcomes and errors become MCP results.
 
+mod log;
 mod prompts;
 mod resources;
 mod results;
@@ -38,11 +39,14 @@ const SESSION_CHECK: Duration = Duration::from_secs(10);
 pub struct McpHandler {
     app: Arc<App>,
     session: Arc<Session>,
+    /// What this client asked to hear (`logging/setLevel`): log messages at or above it; none
+    /// until it asks.
+    log: Arc<log::ClientLog>,
 }
 
 impl McpHandler {
     pub fn new(app: Arc<App>, session: Arc<Session>) -> Self {
-        McpHandler { app, session }
+        McpHandler { app, session, log: Arc::default() }
     }
 
     /// Whether this request's client accepts image content: the operator enabled it, the
@@ -67,14 +71,14 @@ impl McpHandler {
         let progress =
             context.meta.get_progress_token().map(|token| PeerProgress { peer: context.peer.clone(), token });
         let ctx = ToolContext {
-            app: &self.app,
+            services: &self.app.services,
             session: &self.session,
             cancel: context.ct.clone(),
             progress: progress.as_ref().map(|p| p as &dyn ProgressSink),
             inline_images: self.inline_images(&context),
             deadline: None,
         };
-        let registry = self.app.registry();
+        let registry = self.app.catalog().current();
         let Some(result) = registry.call(&name, request.arguments, &ctx).await else {
             return Err(McpError::invalid_params(
                 format!("unknown tool {name:?}; this server has: {}", registry.names().join(", ")),
@@ -83,6 +87,9 @@ impl McpHandler {
         };
         if result.as_ref().is_ok_and(|output| output.changed_workspace) {
             self.announce_workspace_change(&context.peer).await;
+        }
+        if let Some((level, message)) = log::notice(&name, results::CallStatus::of(&result)) {
+            self.log.send(&context.peer, level, message).await;
         }
         results::to_call_tool_result(&name, result, started)
     }
@@ -104,6 +111,7 @@ pub fn asks_for_inline_images(query: &str) -> bool {
 }
 
 impl ServerHandler for McpHandler {
+    #[allow(deprecated)] // MCP logging: rmcp marks it deprecated (SEP-2577); the 2025 protocols have it.
     fn get_info(&self) -> ServerConfig {
         let capabilities = ServerCapabilities::builder()
             .enable_tools()
@@ -112,6 +120,7 @@ impl ServerHandler for McpHandler {
             .enable_resources_subscribe()
             .enable_resources_list_changed()
             .enable_prompts()
+            .enable_logging()
             .build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("toolhost", env!("CARGO_PKG_VERSION")))
@@ -128,18 +137,20 @@ impl ServerHandler for McpHandler {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(self.app.registry().definitions().map(to_mcp_tool).collect()))
+        Ok(ListToolsResult::with_all_items(self.app.catalog().current().definitions().map(to_mcp_tool).collect()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.app.registry().get(name).map(to_mcp_tool)
+        self.app.catalog().current().get(name).map(to_mcp_tool)
     }
 
     /// From now until the session ends, tells the client whenever the tool list changes.
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        let mut changes = self.app.tool_changes();
+        let catalog = self.app.catalog().clone();
+        let mut changes = catalog.changes();
         changes.mark_unchanged();
         let peer = context.peer;
+        let log = self.log.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -147,6 +158,8 @@ impl ServerHandler for McpHandler {
                         if changed.is_err() || peer.notify_tool_list_changed().await.is_err() {
                             return;
                         }
+                        let tools = catalog.current().names().join(", ");
+                        log.send(&peer, log::Level::Info, format!("the tools changed; now offered: {tools}")).await;
                     }
                     () = tokio::time::sleep(SESSION_CHECK) => {
                         if peer.is_transport_closed() {
@@ -197,7 +210,7 @@ impl ServerHandler for McpHandler {
         request: SubscribeRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        resources::check_uri(&self.app, &request.uri)?;
+        resources::check_subscription(&self.app, &request.uri)?;
         self.session.subscribe(request.uri);
         Ok(())
     }
@@ -209,6 +222,16 @@ impl ServerHandler for McpHandler {
         _context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.session.unsubscribe(&request.uri);
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.log.set(request.level);
         Ok(())
     }
 

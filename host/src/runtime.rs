@@ -118,7 +118,7 @@ fn check(manifest: &Manifest, dir: &Path, full: bool, progress: &Progress) -> Re
         })?;
         if actual != pinned.sha256 {
             return Err(ChecksumMismatch {
-                runtime: manifest.name.clone(),
+                subject: format!("runtime {}", manifest.name),
                 file: path.display().to_string(),
                 expected: pinned.sha256.clone(),
                 actual,
@@ -138,7 +138,7 @@ fn check(manifest: &Manifest, dir: &Path, full: bool, progress: &Progress) -> Re
         let actual = mpl_data::tree_digest(&dir.join(mpl_data::DIR))?;
         if stamps.mpl_data_sha256.as_deref() != Some(actual.as_str()) {
             return Err(ChecksumMismatch {
-                runtime: manifest.name.clone(),
+                subject: format!("runtime {}", manifest.name),
                 file: dir.join(mpl_data::DIR).display().to_string(),
                 expected: stamps.mpl_data_sha256.clone().unwrap_or_else(|| "(not recorded)".into()),
                 actual,

@@ -3,6 +3,8 @@
 //! sandbox's own threads so guests never stall the server. Calls beyond the concurrency cap
 //! wait in a bounded queue; a full queue answers `Busy`.
 
+mod admission;
+mod cached;
 mod call;
 mod door;
 mod engine;
@@ -11,26 +13,29 @@ mod limits;
 mod outcome;
 mod output;
 mod prefault;
+mod prepare;
+pub mod readiness;
 mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use cached::{is_compiled, is_warm, prune};
 pub use door::{Frame, HostTools, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
 pub use engine::WASMTIME_VERSION;
 pub use limits::Limits;
 pub use outcome::{ErrorInfo, FileInfo, Outcome, Status};
+pub use readiness::{NotReady, Readiness};
 
 use crate::progress::Progress;
-use crate::runtime::{Cache, FileRole, InstalledRuntime};
-use crate::workspace::{self, Workspace};
+use crate::runtime::{Cache, InstalledRuntime};
+use crate::workspace::Workspace;
 
 /// How long past its deadline a guest blocked in a host call (e.g. `time.sleep`) may take to
 /// notice, before its call is dropped.
@@ -43,7 +48,7 @@ pub struct ReadOnlyRoot {
     pub host: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SandboxConfig {
     /// The ceiling every call's limits are held to.
     pub limits: Limits,
@@ -117,10 +122,18 @@ impl<'a> Call<'a> {
     }
 }
 
+/// Every slot is taken and the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the sandbox is busy: {running} calls are running and {waiting} are waiting; retry shortly")]
+pub struct Busy {
+    pub running: usize,
+    pub waiting: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("the sandbox is busy: {running} calls are running and {waiting} are waiting; retry shortly")]
-    Busy { running: usize, waiting: usize },
+    #[error(transparent)]
+    Busy(#[from] Busy),
     #[error("unknown runtime {name:?}; available: {available}")]
     UnknownRuntime { name: String, available: String },
     #[error("internal sandbox error: {0:#}")]
@@ -143,9 +156,7 @@ struct Inner {
     engine: engine::SandboxEngine,
     runtimes: BTreeMap<String, Arc<call::Prepared>>,
     config: SandboxConfig,
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    running: AtomicUsize,
+    admission: admission::Admission,
     calls: AtomicU64,
     executor: Executor,
 }
@@ -184,7 +195,7 @@ impl Sandbox {
         for runtime in runtimes {
             let loaded = Instant::now();
             let layout = call::Layout::of(runtime);
-            let ready = prepare(&engine, executor.handle(), runtime, layout, &config, cache, progress)
+            let ready = prepare::prepare(&engine, executor.handle(), runtime, layout, &config, cache, progress)
                 .with_context(|| format!("runtime {} cannot be prepared", runtime.name()))?;
             tracing::info!(runtime = runtime.name(), ms = loaded.elapsed().as_millis() as u64, "runtime ready");
             prepared.insert(runtime.name().to_string(), Arc::new(ready));
@@ -193,10 +204,8 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 engine,
                 runtimes: prepared,
-                permits: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+                admission: admission::Admission::new(config.max_concurrency, config.queue_depth),
                 config,
-                waiting: AtomicUsize::new(0),
-                running: AtomicUsize::new(0),
                 calls: AtomicU64::new(0),
                 executor: Executor(Some(executor)),
             }),
@@ -213,10 +222,7 @@ impl Sandbox {
     }
 
     pub fn stats(&self) -> SandboxStats {
-        SandboxStats {
-            running: self.inner.running.load(Ordering::Relaxed),
-            waiting: self.inner.waiting.load(Ordering::Relaxed),
-        }
+        self.inner.admission.stats()
     }
 
     /// Runs code in a fresh instance and reports how it went. Waits for a slot when all are
@@ -230,22 +236,7 @@ impl Sandbox {
             available: self.runtime_names().join(", "),
         })?;
 
-        let _permit = if call.nested {
-            None
-        } else {
-            if inner.permits.available_permits() == 0
-                && inner.waiting.load(Ordering::Relaxed) >= inner.config.queue_depth
-            {
-                return Err(SandboxError::Busy { running: self.stats().running, waiting: self.stats().waiting });
-            }
-            inner.waiting.fetch_add(1, Ordering::Relaxed);
-            let waited = Counted(&inner.waiting);
-            let permit = inner.permits.clone().acquire_owned().await.map_err(|e| anyhow::anyhow!(e))?;
-            drop(waited);
-            Some(permit)
-        };
-        inner.running.fetch_add(1, Ordering::Relaxed);
-        let _running = Counted(&inner.running);
+        let _admitted = inner.admission.admit(call.nested).await?;
         // Stop the guest if this future is dropped.
         let _stop_on_drop = call.cancel.clone().drop_guard();
 
@@ -290,7 +281,7 @@ impl Sandbox {
         }
         let stdout = stdout.take();
         let stderr = stderr.take();
-        let finished = Finished {
+        let finished = outcome::Finished {
             call_id: &call_id,
             ran,
             stdout,
@@ -307,69 +298,6 @@ impl Sandbox {
         let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         format!("call-{millis:x}-{n}")
     }
-}
-
-/// One runtime made ready: which module, how it gets its prelude, checked by a first call.
-fn prepare(
-    engine: &engine::SandboxEngine,
-    executor: &tokio::runtime::Handle,
-    runtime: &InstalledRuntime,
-    layout: call::Layout,
-    config: &SandboxConfig,
-    cache: &Cache,
-    progress: &Progress,
-) -> Result<call::Prepared> {
-    let reactor = runtime.manifest.abi.kind == crate::runtime::AbiKind::Reactor;
-    let snapshot = if reactor && config.snapshot && runtime.path(FileRole::Reactor).is_some() {
-        match snapshot::ensure(engine, executor, runtime, &layout, &config.preload, cache, progress) {
-            Ok(found) => Some(found),
-            Err(e) => {
-                tracing::warn!("cannot build a snapshot of {} ({e:#}); using its stock module", runtime.name());
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let (label, path, sha256, prelude) = match snapshot {
-        Some((path, sha256)) => (format!("runtime {} (snapshot)", runtime.name()), path, sha256, guest::Prelude::Baked),
-        None => (
-            format!("runtime {}", runtime.name()),
-            runtime.path(FileRole::Module).context("runtime has no module")?,
-            runtime.sha256(FileRole::Module).context("runtime has no module")?.to_string(),
-            guest::Prelude::Source,
-        ),
-    };
-    let module = engine.module(&label, &path, &sha256, cache, progress)?;
-    if let Some(wasmtime::ExternType::Memory(memory)) = module.get_export("memory") {
-        let initial = memory.minimum() * memory.page_size();
-        if initial > config.limits.memory_bytes {
-            anyhow::bail!(
-                "{label} starts with {} MiB of memory, more than the {} MiB limit; raise --memory-mb",
-                initial >> 20,
-                config.limits.memory_bytes >> 20
-            );
-        }
-    }
-    let mut ready = call::Prepared::new(&engine.engine, &module, runtime, layout)?;
-    ready.prelude = prelude;
-    match ready.prelude {
-        guest::Prelude::Source if reactor => {
-            let hex = compile_prelude(executor, &engine.engine, &ready).context("cannot compile the guest prelude")?;
-            ready.prelude = guest::Prelude::Marshalled(hex);
-        }
-        guest::Prelude::Baked => {
-            let written = smoke_test(executor, &engine.engine, &ready).with_context(|| {
-                format!(
-                    "the snapshot {} is unusable; delete it (or start with --no-snapshot) and start again",
-                    path.display()
-                )
-            })?;
-            ready.write_set = written.map(Arc::new);
-        }
-        _ => {}
-    }
-    Ok(ready)
 }
 
 /// Runs a guest on the sandbox's threads. Its deadline and cancellation are checked at every
@@ -406,251 +334,4 @@ fn spawn_guest(
         }
     });
     receiver
-}
-
-/// Runs one script outside any call (at start), blocking the calling thread (which may be
-/// inside another tokio runtime); returns how it ended and what it printed.
-fn run_once(
-    executor: &tokio::runtime::Handle,
-    engine: &wasmtime::Engine,
-    prepared: &call::Prepared,
-    script: call::Script,
-    learn: bool,
-) -> Result<(call::Ran, String, String)> {
-    let limits = Limits::default();
-    let deadline = Instant::now() + limits.timeout;
-    let (run, _folders) = call::GuestRun::offline(script, "startup", limits, deadline, learn)?;
-    let (stdout, stderr) = (run.stdout.clone(), run.stderr.clone());
-    // Wait on a std channel: this thread may be inside another tokio runtime, where blocking on
-    // tokio's channels is refused.
-    let handle = spawn_guest(executor, Arc::new(prepared.clone()), engine.clone(), run);
-    let (done, wait) = std::sync::mpsc::channel();
-    executor.spawn(async move {
-        let _ = done.send(handle.await);
-    });
-    let ran = wait.recv().context("the startup run stopped")?.context("the startup run ended without a result")??;
-    let text = |capture: &output::Capture| String::from_utf8_lossy(&capture.take().data).into_owned();
-    Ok((ran, text(&stdout), text(&stderr)))
-}
-
-/// Compiles the prelude with the runtime's own CPython, once per process: the code object,
-/// marshalled, as hex.
-fn compile_prelude(
-    executor: &tokio::runtime::Handle,
-    engine: &wasmtime::Engine,
-    prepared: &call::Prepared,
-) -> Result<String> {
-    let (ran, hex, stderr) =
-        run_once(executor, engine, prepared, call::Script::Bare(guest::compile_prelude_turn()), false)?;
-    if ran.ending != outcome::Ending::Exited(0) || hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        anyhow::bail!("{:?}: {stderr}", ran.ending);
-    }
-    Ok(hex)
-}
-
-/// Checks that a freshly loaded snapshot runs code as a call would, and learns the pages such
-/// a call writes.
-fn smoke_test(
-    executor: &tokio::runtime::Handle,
-    engine: &wasmtime::Engine,
-    prepared: &call::Prepared,
-) -> Result<Option<prefault::WriteSet>> {
-    let (ran, stdout, stderr) = run_once(executor, engine, prepared, call::Script::User("print('ok')".into()), true)?;
-    if ran.ending != outcome::Ending::Exited(0) || stdout != "ok\n" {
-        anyhow::bail!("the snapshot does not run code ({:?}): {stdout}{stderr}", ran.ending);
-    }
-    if let Some(written) = &ran.written {
-        tracing::debug!(pages = written.pages(), ranges = written.ranges(), "learned the pages a call writes");
-    }
-    Ok(ran.written)
-}
-
-/// Removes from the cache's `compiled/` folder every file this configuration does not use
-/// (compiled modules and snapshots of earlier pins, preloads or wasmtime versions); returns the
-/// paths removed (or that would be, when `dry_run`) with their sizes.
-pub fn prune(
-    config: &SandboxConfig,
-    runtimes: &[InstalledRuntime],
-    cache: &Cache,
-    dry_run: bool,
-) -> Result<Vec<(PathBuf, u64)>> {
-    let engine =
-        engine::SandboxEngine::new(engine::EngineLimits { slots: 1, max_memory_bytes: config.limits.memory_bytes })?;
-    let mut keep = std::collections::BTreeSet::new();
-    let mut keep_compiled = |key: &str| -> Result<()> {
-        let path = engine.compiled_path(key, cache)?;
-        keep.insert(PathBuf::from(format!("{}.lock", path.display())));
-        keep.insert(path);
-        Ok(())
-    };
-    let mut snapshot_files = Vec::new();
-    for runtime in runtimes {
-        let reactor = runtime.manifest.abi.kind == crate::runtime::AbiKind::Reactor;
-        let mut uses_stock = true;
-        if reactor && config.snapshot && runtime.path(FileRole::Reactor).is_some() {
-            let (files, snapshot_sha, instrumented) =
-                snapshot::files_in_use(runtime, &call::Layout::of(runtime), &config.preload, cache)?;
-            keep_compiled(&instrumented)?;
-            if let Some(sha) = snapshot_sha {
-                keep_compiled(&sha)?;
-                uses_stock = false;
-            }
-            snapshot_files.extend(files);
-        }
-        if uses_stock && let Some(sha) = runtime.sha256(FileRole::Module) {
-            keep_compiled(sha)?;
-        }
-    }
-    keep.extend(snapshot_files);
-    let compiled = cache.compiled_dir()?;
-    let mut removed = Vec::new();
-    for dir in [compiled.clone(), compiled.join("snapshots")] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_file() && !keep.contains(&path) {
-                let size = entry.metadata().map_or(0, |m| m.len());
-                if !dry_run {
-                    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-                }
-                removed.push((path, size));
-            }
-        }
-    }
-    removed.sort();
-    Ok(removed)
-}
-
-/// Whether a module with this SHA-256 is compiled in the cache for this configuration.
-pub fn is_compiled(config: &SandboxConfig, sha256: &str, cache: &Cache) -> Result<bool> {
-    let engine =
-        engine::SandboxEngine::new(engine::EngineLimits { slots: 1, max_memory_bytes: config.limits.memory_bytes })?;
-    Ok(crate::runtime::cache::is_private_file(&engine.compiled_path(sha256, cache)?))
-}
-
-/// Decrements a counter when dropped.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A finished run, before it is put into an `Outcome`.
-struct Finished<'a> {
-    call_id: &'a str,
-    ran: call::Ran,
-    stdout: output::Captured,
-    stderr: output::Captured,
-    memory_denied: bool,
-    duration: Duration,
-    limits: Limits,
-}
-
-impl Finished<'_> {
-    fn into_outcome(self, workspace: &Workspace, before: &workspace::Index) -> Outcome {
-        let stderr_text = guest::tidy_traceback(&String::from_utf8_lossy(&self.stderr.data));
-        let stdout_text = String::from_utf8_lossy(&self.stdout.data).into_owned();
-        let (mut status, mut error) =
-            outcome::classify(&self.ran.ending, &stderr_text, self.memory_denied, &self.limits);
-
-        // The workspace after the run: over quota, the files this run created are removed.
-        let mut files = Vec::new();
-        match workspace.index() {
-            Ok(after) => {
-                let quota = workspace.quota();
-                if after.bytes() > quota.bytes || after.count() > quota.files {
-                    let created = after.created_since(before);
-                    workspace.remove_files(&created);
-                    status = Status::Error;
-                    error = Some(ErrorInfo {
-                        kind: "WorkspaceQuotaExceeded".into(),
-                        message: format!(
-                            "the workspace holds {} bytes in {} entries, over its quota of {} bytes and {} files; \
-                             the {} files this call created were removed",
-                            after.bytes(),
-                            after.count(),
-                            quota.bytes,
-                            quota.files,
-                            created.len()
-                        ),
-                    });
-                } else {
-                    files = after
-                        .changed_since(before)
-                        .into_iter()
-                        .map(|(path, entry)| file_info(path, entry.size))
-                        .collect();
-                }
-            }
-            Err(e) => tracing::warn!("cannot index the workspace after a call: {e}"),
-        }
-
-        let cap = self.limits.result_output_bytes;
-        let (stdout, stdout_truncated) =
-            self.stream("stdout", &stdout_text, self.stdout.dropped, cap, workspace, &mut files);
-        let (stderr, stderr_truncated) =
-            self.stream("stderr", &stderr_text, self.stderr.dropped, cap, workspace, &mut files);
-        let exit_code = match self.ran.ending {
-            outcome::Ending::Exited(code) => Some(code),
-            _ => None,
-        };
-        Outcome {
-            status,
-            exit_code,
-            stdout,
-            stderr,
-            stdout_truncated,
-            stderr_truncated,
-            error,
-            duration_ms: (self.duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-            fuel_used: self.ran.fuel_used,
-            files,
-        }
-    }
-
-    /// A stream as the result carries it: cut to `cap` bytes (head and tail), and saved whole
-    /// in the workspace when cut.
-    fn stream(
-        &self,
-        name: &str,
-        text: &str,
-        dropped: u64,
-        cap: usize,
-        workspace: &Workspace,
-        files: &mut Vec<FileInfo>,
-    ) -> (String, bool) {
-        let mut text = text.to_string();
-        if dropped > 0 {
-            text.push_str(&format!(
-                "\n[... {dropped} more bytes were dropped: the guest may write at most {} bytes to {name} ...]\n",
-                self.limits.output_bytes
-            ));
-        }
-        if text.len() <= cap {
-            return (text, dropped > 0);
-        }
-        let path = format!(".toolhost/{}.{name}", self.call_id);
-        let saved_as = match workspace.write(&path, text.as_bytes()) {
-            Ok(size) => {
-                files.push(file_info(&path, size));
-                format!("/workspace/{path}")
-            }
-            Err(e) => {
-                tracing::warn!("cannot save the whole {name} of {}: {e}", self.call_id);
-                format!("(not saved: {e})")
-            }
-        };
-        outcome::cut(&text, cap, &saved_as)
-    }
-}
-
-fn file_info(path: &str, size: u64) -> FileInfo {
-    FileInfo {
-        path: path.to_string(),
-        size,
-        mime_type: mime_guess::from_path(path).first_or_octet_stream().essence_str().to_string(),
-        uri: workspace::uri(path),
-    }
 }

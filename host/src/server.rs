@@ -58,8 +58,10 @@ impl Server {
             config,
         );
         let legacy = sse::Legacy::new(self.app.clone(), self.sessions.clone());
+        let streamable =
+            Router::new().route_service("/mcp", streamable).layer(axum::middleware::from_fn(session_end_answers_ok));
         let mcp = Router::new()
-            .route_service("/mcp", streamable)
+            .merge(streamable)
             .route("/sse", get(sse::open))
             .route("/messages", post(sse::message))
             .with_state(legacy)
@@ -105,6 +107,20 @@ impl Server {
         }
         self.sessions.cancel();
     }
+}
+
+/// rmcp answers a session's `DELETE /mcp` with 202; the spec's clients expect 200 (the Python
+/// SDK prints "Session termination failed: 202" otherwise).
+async fn session_end_answers_ok(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let delete = request.method() == http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if delete && response.status() == http::StatusCode::ACCEPTED {
+        *response.status_mut() = http::StatusCode::OK;
+    }
+    response
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

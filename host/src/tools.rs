@@ -4,6 +4,7 @@
 //! turning those into MCP results happens in `mcp`, into guest answers in `code_mode`.
 
 mod calculate_sum;
+pub mod catalog;
 mod code_interpreter;
 pub mod code_mode;
 mod delete_file;
@@ -20,11 +21,11 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::sandbox::Limits;
+use crate::sandbox::{self, Limits, ReadOnlyRoot, Readiness, Sandbox, SandboxError};
 use crate::sessions::Session;
 use crate::workspace::WorkspaceError;
 
+pub use catalog::Catalog;
 pub use code_interpreter::CodeInterpreter;
 
 /// A tool's public description: what `tools/list` shows.
@@ -55,6 +56,11 @@ pub struct Image {
     pub bytes: Vec<u8>,
 }
 
+/// Whether a file of this MIME type may be sent as image content (what MCP clients display).
+pub fn is_inline_image(mime_type: &str) -> bool {
+    matches!(mime_type, "image/png" | "image/jpeg" | "image/gif" | "image/webp")
+}
+
 /// What a tool returns when it ran (even if what it ran failed, e.g. the guest's exception).
 #[derive(Debug, Clone, Default)]
 pub struct ToolOutput {
@@ -66,6 +72,8 @@ pub struct ToolOutput {
     pub images: Vec<Image>,
     /// The call failed (the guest raised, hit a limit, ...): `isError: true`.
     pub is_error: bool,
+    /// How the guest's run ended, for tools that report a sandbox outcome.
+    pub status: Option<sandbox::Status>,
     /// The call created, changed or deleted workspace files.
     pub changed_workspace: bool,
 }
@@ -81,17 +89,26 @@ pub enum ToolError {
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     /// The sandbox is at capacity; retrying later works.
-    #[error("{0}")]
-    Busy(String),
-    /// The runtime is still being prepared (first start).
-    #[error("{0}")]
-    NotReady(String),
+    #[error(transparent)]
+    Busy(#[from] sandbox::Busy),
+    /// The runtime is still being prepared (first start), or could not be.
+    #[error(transparent)]
+    NotReady(#[from] sandbox::NotReady),
     /// The tool ran and failed: its own error, a crash, a limit.
     #[error("{}", .0.message)]
     Failed(Failure),
     /// Our own fault: logged with its cause, shown to the client as an internal error.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<SandboxError> for ToolError {
+    fn from(error: SandboxError) -> Self {
+        match error {
+            SandboxError::Busy(busy) => ToolError::Busy(busy),
+            other => ToolError::Internal(other.into()),
+        }
+    }
 }
 
 /// How a tool failed: a message for whoever called it, and detail (a traceback, the tool's
@@ -117,9 +134,29 @@ pub trait ProgressSink: Send + Sync {
     async fn progress(&self, progress: f64, total: Option<f64>, message: String);
 }
 
-/// What a tool call may use.
+/// What every tool call may use, whoever makes it: the sandbox once it is ready, the
+/// configured read-only roots, the tools on offer (for code mode) and code mode's budget.
+pub struct Services {
+    pub sandbox: Readiness,
+    pub roots: Vec<ReadOnlyRoot>,
+    pub catalog: Arc<Catalog>,
+    /// Tool requests one run of guest code may make.
+    pub code_mode_max_calls: u32,
+}
+
+/// How long a call waits for a runtime that is still being prepared.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Services {
+    /// The sandbox, waiting up to a minute while a first start prepares it.
+    pub async fn sandbox(&self) -> Result<Sandbox, ToolError> {
+        Ok(self.sandbox.wait(PATIENCE).await?)
+    }
+}
+
+/// What one tool call may use.
 pub struct ToolContext<'a> {
-    pub app: &'a Arc<App>,
+    pub services: &'a Arc<Services>,
     pub session: &'a Arc<Session>,
     /// Cancelled when the client cancels the request.
     pub cancel: CancellationToken,

@@ -62,6 +62,17 @@ pub enum Kind {
     Symlink,
 }
 
+impl Kind {
+    /// As tools and listings name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+        }
+    }
+}
+
 /// One entry of the workspace, by its path relative to the workspace root (`/`-separated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use toolhost::progress::Progress;
-use toolhost::sandbox::{Call, Sandbox, SandboxError, Status};
+use toolhost::sandbox::{Busy, Call, Sandbox, SandboxError, Status};
 use toolhost::workspace::Workspace;
 
 use crate::support::{PYTHON, settings, with_timeout, workspace};
@@ -54,7 +54,7 @@ async fn a_full_queue_answers_busy_and_a_cancelled_guest_stops_at_once() {
         started(&first_ws).await;
         assert_eq!(sandbox.stats().running, 1);
         let refused = sandbox.run(call("print('second')", &second_ws, CancellationToken::new())).await;
-        assert!(matches!(refused, Err(SandboxError::Busy { running: 1, waiting: 0 })), "{refused:?}");
+        assert!(matches!(refused, Err(SandboxError::Busy(Busy { running: 1, waiting: 0 }))), "{refused:?}");
         let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("retry"), "{message}");
         cancel.cancel();

@@ -228,7 +228,7 @@ async fn changes_under_the_tools_dir_reload_the_tools_and_notify_clients() {
     let tools = tempfile::tempdir().expect("tempdir");
     simple(tools.path(), "first", "", "print('1')");
     let server = start_server(|s| s.app.tools_dir = tools.path().to_path_buf()).await;
-    server.app.watch_tools().expect("watch");
+    server.app.catalog().watch().expect("watch");
     let client = connect(&server.url, None).await;
     let counting: &Counting = client.service();
     let names = |tools: Vec<rmcp::model::Tool>| tools.into_iter().map(|t| t.name.to_string()).collect::<Vec<_>>();
@@ -380,7 +380,7 @@ async fn a_reload_applies_a_tools_new_limits_even_when_its_description_is_unchan
     assert!(is_error(&spun) && before >= Duration::from_millis(1400), "{before:?}: {}", text(&spun));
 
     simple(tools.path(), "spin", "[limits]\ntimeout_s = 0.3", "while True:\n    pass\n");
-    assert!(!server.app.reload_tools(), "the tool list itself did not change: no notification");
+    assert!(!server.app.catalog().reload(), "the tool list itself did not change: no notification");
     let started = Instant::now();
     let spun = call(&client, "spin", json!({})).await;
     let after = started.elapsed();

@@ -116,7 +116,7 @@ pub async fn start_server(configure: impl FnOnce(&mut Settings)) -> TestServer {
     // Its own sandbox, so that its capacity and running calls are its own.
     sandbox();
     let own = toolhost::commands::start_sandbox(&settings, &[PYTHON.to_string()], &Progress::quiet()).expect("sandbox");
-    app.set_sandbox(own);
+    app.services.sandbox.set(own);
     toolhost::server::install_metrics().expect("metrics");
     let listener = tokio::net::TcpListener::bind(settings.server.listen).await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));

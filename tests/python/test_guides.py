@@ -12,7 +12,6 @@ NAME has a check here, and every Python and JSON block in the guides must be one
 - Inspector commands run in bash with `npx -y PACKAGE@VERSION` replaced by that package's binary
   from tests/python/node, installed with `npm ci` from its lock file once per lock file."""
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import npm_install
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDES = ROOT / "docs" / "integrations"
@@ -208,24 +208,7 @@ async def test_claude_desktop_stdio_entry(tmp_path):
 
 def node_bin(tool):
     """The pinned Node clients, installed once per lock file beside the test venv."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: the Inspector and mcp-remote examples need Node.js")
-    manifest, lock = (NODE / "package.json").read_bytes(), (NODE / "package-lock.json").read_bytes()
-    stamp = hashlib.sha256(manifest + lock).hexdigest()
-    dest = Path(sys.prefix).parent / "guide-clients"
-    if not (dest / "stamp").exists() or (dest / "stamp").read_text() != stamp:
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        shutil.copy(NODE / "package.json", dest)
-        shutil.copy(NODE / "package-lock.json", dest)
-        done = subprocess.run(
-            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=dest, capture_output=True, text=True, timeout=600,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
-        (dest / "stamp").write_text(stamp)
-    return dest / "node_modules" / ".bin" / tool
+    return npm_install(NODE, "guide-clients", scripts=False) / "node_modules" / ".bin" / tool
 
 
 def pinned(package):

@@ -5,6 +5,7 @@ tools, runs code, writes and reads a file, reads a resource and gets a prompt.""
 import json
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx2
 import mcp.types as types
 import pytest
@@ -92,10 +93,13 @@ async def test_bad_arguments_are_tool_errors_the_model_can_read(transport, url, 
 
 async def test_progress_and_change_notifications_reach_the_client(url, auth, toolhost_bin, stdio_env):
     seen = []
+    changed = anyio.Event()
 
     async def on_message(message):
         if isinstance(message, types.ServerNotification):
             seen.append(message.method)
+            if message.method == "notifications/resources/list_changed":
+                changed.set()
 
     progress = []
 
@@ -109,13 +113,58 @@ async def test_progress_and_change_notifications_reach_the_client(url, auth, too
         assert not result.is_error, result.content[0].text
         assert len(progress) >= 2, progress
         assert progress[0][1] == pytest.approx(30.0)
-        for _ in range(100):
-            if "notifications/resources/list_changed" in seen:
-                break
-            import anyio
-
-            await anyio.sleep(0.05)
+        with anyio.fail_after(10):
+            await changed.wait()
         assert "notifications/resources/list_changed" in seen, seen
+
+
+@pytest.mark.parametrize("transport", ["sse", "streamable-http"])
+async def test_a_client_that_sets_a_log_level_hears_of_a_call_that_hit_its_limit(
+    transport, url, auth, toolhost_bin, stdio_env
+):
+    heard = []
+
+    async def on_log(params):
+        heard.append((params.level, params.logger, params.data))
+
+    async with session(transport, url, auth, toolhost_bin, stdio_env, logging_callback=on_log) as s:
+        await s.initialize()
+        # Nothing is sent before the client asks.
+        quiet = await s.call_tool("code_interpreter", {"code": "while True: pass", "timeout_s": 0.5})
+        assert quiet.structured_content["status"] == "timeout"
+        assert heard == []
+        await s.set_logging_level("warning")
+        slow = await s.call_tool("code_interpreter", {"code": "while True: pass", "timeout_s": 0.5})
+        assert slow.structured_content["status"] == "timeout"
+        # Sent before the result, so it is here now.
+        assert heard == [("warning", "toolhost", "code_interpreter hit its time limit")], heard
+        await s.set_logging_level("error")
+        again = await s.call_tool("code_interpreter", {"code": "while True: pass", "timeout_s": 0.5})
+        assert again.structured_content["status"] == "timeout"
+        assert len(heard) == 1, "a warning is below the error level the client asked for"
+
+
+async def test_a_subscription_may_name_a_file_that_does_not_exist_yet(url, auth, toolhost_bin, stdio_env):
+    updated = anyio.Event()
+    uris = []
+
+    async def on_message(message):
+        if isinstance(message, types.ServerNotification) and message.method == "notifications/resources/updated":
+            uris.append(str(message.params.uri))
+            updated.set()
+
+    async with session("streamable-http", url, auth, toolhost_bin, stdio_env, message_handler=on_message) as s:
+        await s.initialize()
+        await s.subscribe_resource("file:///workspace/later/report.txt")
+        for never in ("file:///workspace/../etc/passwd", "file:///nosuchroot/a.txt", "not a uri"):
+            with pytest.raises(Exception) as refused:
+                await s.subscribe_resource(never)
+            assert "cannot subscribe" in str(refused.value), (never, refused.value)
+        wrote = await s.call_tool("write_file", {"path": "later/report.txt", "content": "done"})
+        assert not wrote.is_error
+        with anyio.fail_after(10):
+            await updated.wait()
+        assert "file:///workspace/later/report.txt" in uris
 
 
 async def test_a_large_output_stays_under_the_sse_event_limit(url, auth, toolhost_bin, stdio_env):

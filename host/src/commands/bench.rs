@@ -1,4 +1,4 @@
-//! `toolhost bench`: the DESIGN.md section 10 workloads at each concurrency level, in process
+//! `toolhost bench`: the five workloads (README, "Performance") at each concurrency level, in process
 //! (the sandbox alone) and end to end (rmcp clients over streamable HTTP to a server on
 //! 127.0.0.1): min/p50/p95/p99/max latency per call, calls per second, peak RSS.
 
@@ -21,7 +21,7 @@ use crate::sandbox::{Call, Sandbox};
 use crate::server::Server;
 use crate::workspace::{Quota, Workspace};
 
-/// The workloads of DESIGN.md section 10, by name.
+/// The benchmark workloads, by name: print, pure Python, numpy, pandas, a matplotlib PNG.
 pub const WORKLOADS: &[(&str, &str)] = &[
     ("print", "print(1+1)"),
     ("sum-squares", "sum(i*i for i in range(10**6))"),
@@ -201,7 +201,7 @@ async fn local_server(
     app_settings.workspaces_dir = scratch.join("sessions");
     let limits = settings.sandbox.limits;
     let app = Arc::new(App::new(&app_settings, limits)?);
-    app.set_sandbox(sandbox);
+    app.services.sandbox.set(sandbox);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let mut server_settings = settings.server.clone();

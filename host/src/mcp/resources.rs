@@ -98,9 +98,26 @@ pub fn read(app: &App, session: &Session, uri: &str) -> Result<ReadResourceResul
     Ok(ReadResourceResult::new(vec![contents]))
 }
 
-/// Checks that a URI names a place resources come from (for `resources/subscribe`).
-pub fn check_uri(app: &App, uri: &str) -> Result<(), McpError> {
-    target(app, uri).map(|_| ())
+/// Checks a `resources/subscribe` URI. Any URI that could name a resource later is accepted,
+/// whether or not it exists now (a workspace file that appears later sends `updated`); a
+/// `file:` URI must name a path in the workspace or a configured root. Refused: text that is
+/// no absolute URI, and `file:` paths that can never exist here (`..`, an unknown root).
+pub fn check_subscription(app: &App, uri: &str) -> Result<(), McpError> {
+    let scheme = uri.split_once(':').map(|(scheme, _)| scheme).unwrap_or_default();
+    let valid_scheme = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid_scheme {
+        return Err(McpError::invalid_params(
+            format!(
+                "cannot subscribe to {uri:?}: it is not an absolute URI (workspace files are file:///workspace/<path>)"
+            ),
+            Some(json!({"uri": uri})),
+        ));
+    }
+    if scheme.eq_ignore_ascii_case("file") {
+        target(app, uri).map_err(|e| McpError::invalid_params(format!("cannot subscribe: {}", e.message), e.data))?;
+    }
+    Ok(())
 }
 
 fn target<'a>(app: &'a App, uri: &str) -> Result<Target<'a>, McpError> {

@@ -8,37 +8,66 @@ use base64::Engine;
 use rmcp::ErrorData as McpError;
 use rmcp::model::{CallToolResult, ContentBlock};
 
+use crate::sandbox::Status;
 use crate::tools::{Failure, FailureKind, ToolError, ToolOutput};
 
 /// No tool result may serialize to more than this; clients refuse large messages.
 pub const MAX_RESULT_BYTES: usize = 512 << 10;
+
+/// How a tool call ended, as metrics and logs label it: a closed set, whatever a tool returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallStatus {
+    Ran(Status),
+    InvalidArguments,
+    Refused,
+    Busy,
+    NotReady,
+    InternalError,
+}
+
+impl CallStatus {
+    pub fn of(result: &Result<ToolOutput, ToolError>) -> CallStatus {
+        match result {
+            Ok(output) => {
+                CallStatus::Ran(output.status.unwrap_or(if output.is_error { Status::Error } else { Status::Ok }))
+            }
+            Err(ToolError::InvalidArguments(_)) => CallStatus::InvalidArguments,
+            Err(ToolError::Workspace(_)) => CallStatus::Refused,
+            Err(ToolError::Busy(_)) => CallStatus::Busy,
+            Err(ToolError::NotReady(_)) => CallStatus::NotReady,
+            Err(ToolError::Failed(failure)) => CallStatus::Ran(match failure.kind {
+                FailureKind::Timeout => Status::Timeout,
+                FailureKind::Error => Status::Error,
+            }),
+            Err(ToolError::Internal(_)) => CallStatus::InternalError,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Ran(status) => status.as_str(),
+            CallStatus::InvalidArguments => "invalid_arguments",
+            CallStatus::Refused => "refused",
+            CallStatus::Busy => "busy",
+            CallStatus::NotReady => "not_ready",
+            CallStatus::InternalError => "internal_error",
+        }
+    }
+}
 
 pub fn to_call_tool_result(
     tool: &str,
     result: Result<ToolOutput, ToolError>,
     started: Instant,
 ) -> Result<CallToolResult, McpError> {
-    let (status, converted) = match result {
-        Ok(output) => (output_status(&output), Ok(from_output(output))),
+    let status = CallStatus::of(&result).as_str();
+    let converted = match result {
+        Ok(output) => Ok(from_output(output)),
         Err(ToolError::Internal(error)) => {
             tracing::error!(tool, "tool failed: {error:#}");
-            (
-                "internal_error".to_string(),
-                Err(McpError::internal_error(format!("internal error in {tool}; the server log has the cause"), None)),
-            )
+            Err(McpError::internal_error(format!("internal error in {tool}; the server log has the cause"), None))
         }
         Err(error) => {
-            let status = match &error {
-                ToolError::InvalidArguments(_) => "invalid_arguments",
-                ToolError::Workspace(_) => "refused",
-                ToolError::Busy(_) => "busy",
-                ToolError::NotReady(_) => "not_ready",
-                ToolError::Failed(failure) => match failure.kind {
-                    FailureKind::Timeout => "timeout",
-                    FailureKind::Error => "error",
-                },
-                ToolError::Internal(_) => unreachable!("handled above"),
-            };
             let message = match &error {
                 ToolError::InvalidArguments(_) => format!("{tool}: {error}"),
                 ToolError::Failed(Failure { message, detail: Some(detail), .. }) => {
@@ -46,25 +75,15 @@ pub fn to_call_tool_result(
                 }
                 _ => error.to_string(),
             };
-            (status.to_string(), Ok(CallToolResult::error(vec![ContentBlock::text(message)])))
+            Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
         }
     };
     let elapsed = started.elapsed();
-    metrics::counter!("toolhost_tool_calls_total", "tool" => tool.to_string(), "status" => status.clone()).increment(1);
+    metrics::counter!("toolhost_tool_calls_total", "tool" => tool.to_string(), "status" => status).increment(1);
     metrics::histogram!("toolhost_tool_call_duration_seconds", "tool" => tool.to_string())
         .record(elapsed.as_secs_f64());
-    tracing::info!(status = %status, duration_ms = elapsed.as_secs_f64() * 1000.0, "tool call");
+    tracing::info!(status, duration_ms = elapsed.as_secs_f64() * 1000.0, "tool call");
     converted.map(within_size_limit)
-}
-
-/// The status label of a tool that ran: the sandbox's own status when it reports one.
-fn output_status(output: &ToolOutput) -> String {
-    let reported = output.structured.as_ref().and_then(|s| s.get("status")).and_then(|s| s.as_str());
-    match reported {
-        Some(status) => status.to_string(),
-        None if output.is_error => "error".into(),
-        None => "ok".into(),
-    }
 }
 
 fn from_output(output: ToolOutput) -> CallToolResult {

@@ -35,7 +35,7 @@ pub fn fetch(manifest: &Manifest, cache: &Cache, progress: &Progress) -> Result<
     let actual = sha256_file(&wheel).with_context(|| format!("cannot read {}", wheel.display()))?;
     if actual != manifest.source.wheel_sha256 {
         return Err(ChecksumMismatch {
-            runtime: manifest.name.clone(),
+            subject: format!("runtime {}", manifest.name),
             file: manifest.source.wheel.clone(),
             expected: manifest.source.wheel_sha256.clone(),
             actual,
@@ -136,7 +136,7 @@ fn unpack(manifest: &Manifest, wheel: &Path, staging: &Path, progress: &Progress
         bar.done();
         if actual != pinned.sha256 {
             return Err(ChecksumMismatch {
-                runtime: manifest.name.clone(),
+                subject: format!("runtime {}", manifest.name),
                 file: pinned.name.clone(),
                 expected: pinned.sha256.clone(),
                 actual,

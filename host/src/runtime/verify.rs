@@ -13,9 +13,10 @@ use sha2::{Digest, Sha256};
 
 /// A file that does not match its pinned SHA-256.
 #[derive(Debug, thiserror::Error)]
-#[error("runtime {runtime}: sha256 mismatch for {file}: expected {expected}, got {actual}; {advice}")]
+#[error("{subject}: sha256 mismatch for {file}: expected {expected}, got {actual}; {advice}")]
 pub struct ChecksumMismatch {
-    pub runtime: String,
+    /// What the file belongs to: `runtime python`, `runtime python (snapshot)`.
+    pub subject: String,
     pub file: String,
     pub expected: String,
     pub actual: String,
@@ -117,7 +118,7 @@ mod tests {
     #[test]
     fn the_mismatch_message_names_file_expected_and_actual() {
         let e = ChecksumMismatch {
-            runtime: "python".into(),
+            subject: "runtime python".into(),
             file: "python.wasm".into(),
             expected: "aa".into(),
             actual: "bb".into(),

@@ -323,7 +323,7 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
         let base = memory.data_ptr(&store);
         let first_use = prepared.populated.lock().unwrap_or_else(|p| p.into_inner()).insert(base as usize);
         if first_use {
-            set.prefault(base, memory.data_size(&store));
+            set.prefault(memory.data_mut(&mut store));
         }
     }
     store.set_fuel(run.limits.fuel)?;

@@ -14,7 +14,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAlloca
 
 use crate::progress::Progress;
 use crate::runtime::cache::{self, Cache};
-use crate::runtime::verify::sha256_bytes;
+use crate::runtime::verify::{ChecksumMismatch, sha256_bytes};
 
 /// The wasmtime release toolhost is built against; it names compiled files. A unit test holds
 /// it equal to the pin in Cargo.toml.
@@ -74,11 +74,14 @@ impl SandboxEngine {
             let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
             let actual = sha256_bytes(&bytes);
             if actual != sha256 {
-                bail!(
-                    "{label}: sha256 mismatch for {}: expected {sha256}, got {actual}; it is not compiled; \
-                     run `toolhost runtime fetch` to replace it",
-                    wasm.display()
-                );
+                return Err(ChecksumMismatch {
+                    subject: label.to_string(),
+                    file: wasm.display().to_string(),
+                    expected: sha256.to_string(),
+                    actual,
+                    advice: "it is not compiled; run `toolhost runtime fetch` to replace it".into(),
+                }
+                .into());
             }
             Ok(bytes)
         })

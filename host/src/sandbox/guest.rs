@@ -31,108 +31,45 @@ pub enum Prelude {
     Baked,
 }
 
+/// Installs the prelude in an instance that lacks it, then begins the call.
+const SETUP: &str = include_str!("../../../guest-runtimes/python/setup.py");
+/// Imports and warms the preload before a snapshot.
+const PRELOAD: &str = include_str!("../../../guest-runtimes/python/preload.py");
+/// Prints the prelude's code object, marshalled, as hex.
+const COMPILE_PRELUDE: &str = include_str!("../../../guest-runtimes/python/compile_prelude.py");
+
+/// A turn that runs `script` (which defines `function`), calls it with `params` as one JSON
+/// value (a JSON object of strings, numbers and lists is a Python literal), and deletes it.
+fn turn(script: &str, function: &str, params: &serde_json::Value) -> String {
+    format!("{script}\n{function}({params})\ndel {function}\n")
+}
+
 /// A turn that prints the prelude's code object, marshalled, as hex.
 pub fn compile_prelude_turn() -> String {
-    let prelude = serde_json::Value::String(PRELUDE.to_string()).to_string();
-    format!(
-        "import marshal, sys\nsys.stdout.write(marshal.dumps(compile({prelude}, '<toolhost>', 'exec', optimize=2)).hex())\nsys.stdout.flush()\n"
-    )
+    turn(COMPILE_PRELUDE, "__toolhost_compile_prelude", &serde_json::json!({ "source": PRELUDE }))
 }
 
 /// The first turn of a reactor call: installs the prelude unless the instance already has it
 /// (a snapshot taken after it ran), then calls `begin` with the call's environment and argv.
 /// It binds no name in the user's globals.
 pub fn setup_turn(prelude: &Prelude, env: &[(String, String)], argv: &[String]) -> String {
-    // JSON objects and arrays of strings are valid Python literals.
-    let env_literal = |env: &[(String, String)]| {
-        let map: serde_json::Map<String, serde_json::Value> =
-            env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-        serde_json::Value::Object(map).to_string()
-    };
-    if let Prelude::Baked = prelude {
-        let argv = serde_json::to_string(argv).unwrap_or_else(|_| "[]".into());
-        return format!("__import__('_toolhost').begin({}, {argv})\n", env_literal(env));
+    let env: serde_json::Map<String, serde_json::Value> =
+        env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let mut params = serde_json::json!({ "env": env, "argv": argv });
+    match prelude {
+        // The hot path: one call, nothing to compile but this line.
+        Prelude::Baked => return format!("__import__('_toolhost').begin({}, {})\n", params["env"], params["argv"]),
+        Prelude::Source => params["source"] = PRELUDE.into(),
+        Prelude::Marshalled(hex) => params["marshalled"] = hex.as_str().into(),
     }
-    let load = match prelude {
-        Prelude::Source => {
-            let source = serde_json::Value::String(PRELUDE.to_string()).to_string();
-            format!("exec(compile({source}, '<toolhost>', 'exec'), module.__dict__)")
-        }
-        Prelude::Marshalled(hex) => {
-            format!("import marshal\n        exec(marshal.loads(bytes.fromhex('{hex}')), module.__dict__)")
-        }
-        Prelude::Baked => unreachable!("handled above"),
-    };
-    let env = env_literal(env);
-    let argv = serde_json::to_string(argv).unwrap_or_else(|_| "[]".into());
-    format!(
-        "def __toolhost_setup(env, argv):\n\
-         \x20   import sys\n\
-         \x20   module = sys.modules.get('_toolhost')\n\
-         \x20   if module is None:\n\
-         \x20       module = type(sys)('_toolhost')\n\
-         \x20       {load}\n\
-         \x20       sys.modules['_toolhost'] = module\n\
-         \x20   module.begin(env, argv)\n\
-         __toolhost_setup({env}, {argv})\n\
-         del __toolhost_setup\n"
-    )
+    turn(SETUP, "__toolhost_setup", &params)
 }
 
 /// The turn a snapshot is taken after (following the setup turn, which installs the prelude):
-/// imports the preload, leaves nothing buffered, and refuses to leave a file open: a file
-/// descriptor frozen into a snapshot would name nothing (or something else) in a later call.
-/// `preopens` is how many folders the layout preopens (fds 3 and up).
+/// imports and warms the preload, and refuses to leave a file open (`preload.py`). `preopens`
+/// is how many folders the layout preopens (fds 3 and up).
 pub fn preload_turn(preload: &[String], preopens: usize) -> String {
-    let modules = serde_json::to_string(preload).unwrap_or_else(|_| "[]".into());
-    format!(
-        "def __toolhost_preload(modules, first_free):\n\
-         \x20   import gc, importlib, os, sys\n\
-         \x20   for name in modules:\n\
-         \x20       importlib.import_module(name)\n\
-         \x20   # Warm up what calls use first, so that its one-time setup is in the snapshot.\n\
-         \x20   np = sys.modules.get('numpy')\n\
-         \x20   if np is not None:\n\
-         \x20       repr(np.arange(10).reshape(2, 5).sum(axis=0) / 3)\n\
-         \x20   pd = sys.modules.get('pandas')\n\
-         \x20   if pd is not None:\n\
-         \x20       frame = pd.DataFrame({{'a': range(3), 'b': list('xyz')}})\n\
-         \x20       repr(frame); repr(frame.describe()); frame.a.mean(); frame.to_csv()\n\
-         \x20   plt = sys.modules.get('matplotlib.pyplot')\n\
-         \x20   if plt is not None:\n\
-         \x20       import io\n\
-         \x20       figure, axes = plt.subplots()\n\
-         \x20       axes.plot([0, 1, 2], [0, 1, 4], label='warm-up')\n\
-         \x20       axes.set_title('warm-up'); axes.set_xlabel('x'); axes.legend()\n\
-         \x20       figure.savefig(io.BytesIO(), format='png')\n\
-         \x20       plt.close('all')\n\
-         \x20   gc.collect()\n\
-         \x20   # Collections in a call would otherwise write to every object's header, copying\n\
-         \x20   # the snapshot's pages; the frozen generation is never scanned.\n\
-         \x20   gc.freeze()\n\
-         \x20   sys.stdout.flush()\n\
-         \x20   sys.stderr.flush()\n\
-         \x20   def still_open():\n\
-         \x20       found = []\n\
-         \x20       for fd in range(first_free, first_free + 256):\n\
-         \x20           try:\n\
-         \x20               os.fstat(fd)\n\
-         \x20               found.append(fd)\n\
-         \x20           except OSError:\n\
-         \x20               pass\n\
-         \x20       return found\n\
-         \x20   # A loaded font may keep its file open (the prelude reads fonts into memory; if\n\
-         \x20   # that did not take, drop the cached fonts), and no descriptor may be frozen.\n\
-         \x20   font_manager = sys.modules.get('matplotlib.font_manager')\n\
-         \x20   if still_open() and font_manager is not None:\n\
-         \x20       font_manager._get_font.cache_clear()\n\
-         \x20       gc.collect()\n\
-         \x20   if still_open():\n\
-         \x20       raise RuntimeError(f'the preload left file descriptors open: {{still_open()}}')\n\
-         __toolhost_preload({modules}, {first_free})\n\
-         del __toolhost_preload\n",
-        first_free = 3 + preopens
-    )
+    turn(PRELOAD, "__toolhost_preload", &serde_json::json!({ "modules": preload, "first_free": 3 + preopens }))
 }
 
 /// Tidies a traceback for the user: the reactor's pseudo-file `<turn N>` becomes `<code>`, and
@@ -205,7 +142,16 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
         assert_eq!(parsed["env"]["A"], "quote \" and \\ and é");
         let turn = setup_turn(&Prelude::Marshalled("e3".into()), &env, &["-c".into()]);
-        assert!(turn.contains("bytes.fromhex('e3')"), "{turn}");
-        assert!(turn.contains(r#"__toolhost_setup({"A":"quote \" and \\ and é"}, ["-c"])"#), "{turn}");
+        assert!(turn.starts_with(SETUP), "{turn}");
+        assert!(
+            turn.ends_with(
+                r#"__toolhost_setup({"argv":["-c"],"env":{"A":"quote \" and \\ and é"},"marshalled":"e3"})
+del __toolhost_setup
+"#
+            ),
+            "{turn}"
+        );
+        let baked = setup_turn(&Prelude::Baked, &env, &["-c".into()]);
+        assert_eq!(baked, "__import__('_toolhost').begin({\"A\":\"quote \\\" and \\\\ and é\"}, [\"-c\"])\n");
     }
 }

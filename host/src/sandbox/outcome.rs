@@ -1,8 +1,13 @@
-//! How a guest run ended, in the shape of `code_interpreter`'s structuredContent (DESIGN.md
-//! section 5): the status, the streams cut to the result cap (head and tail around a marker),
+//! How a guest run ended, in the shape of `code_interpreter`'s structuredContent (the
+//! README's tools table): the status, the streams cut to the result cap (head and tail around a marker),
 //! the error named from the traceback, and the files the run created or changed.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use super::{Limits, call, guest, output};
+use crate::workspace::{self, Workspace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,6 +174,123 @@ fn ceil_boundary(text: &str, mut at: usize) -> usize {
         at += 1;
     }
     at
+}
+
+/// A finished run, before it is put into an `Outcome`.
+pub(super) struct Finished<'a> {
+    pub(super) call_id: &'a str,
+    pub(super) ran: call::Ran,
+    pub(super) stdout: output::Captured,
+    pub(super) stderr: output::Captured,
+    pub(super) memory_denied: bool,
+    pub(super) duration: Duration,
+    pub(super) limits: Limits,
+}
+
+impl Finished<'_> {
+    pub(super) fn into_outcome(self, workspace: &Workspace, before: &workspace::Index) -> Outcome {
+        let stderr_text = guest::tidy_traceback(&String::from_utf8_lossy(&self.stderr.data));
+        let stdout_text = String::from_utf8_lossy(&self.stdout.data).into_owned();
+        let (mut status, mut error) = classify(&self.ran.ending, &stderr_text, self.memory_denied, &self.limits);
+
+        // The workspace after the run: over quota, the files this run created are removed.
+        let mut files = Vec::new();
+        match workspace.index() {
+            Ok(after) => {
+                let quota = workspace.quota();
+                if after.bytes() > quota.bytes || after.count() > quota.files {
+                    let created = after.created_since(before);
+                    workspace.remove_files(&created);
+                    status = Status::Error;
+                    error = Some(ErrorInfo {
+                        kind: "WorkspaceQuotaExceeded".into(),
+                        message: format!(
+                            "the workspace holds {} bytes in {} entries, over its quota of {} bytes and {} files; \
+                             the {} files this call created were removed",
+                            after.bytes(),
+                            after.count(),
+                            quota.bytes,
+                            quota.files,
+                            created.len()
+                        ),
+                    });
+                } else {
+                    files = after
+                        .changed_since(before)
+                        .into_iter()
+                        .map(|(path, entry)| file_info(path, entry.size))
+                        .collect();
+                }
+            }
+            Err(e) => tracing::warn!("cannot index the workspace after a call: {e}"),
+        }
+
+        let cap = self.limits.result_output_bytes;
+        let (stdout, stdout_truncated) =
+            self.stream("stdout", &stdout_text, self.stdout.dropped, cap, workspace, &mut files);
+        let (stderr, stderr_truncated) =
+            self.stream("stderr", &stderr_text, self.stderr.dropped, cap, workspace, &mut files);
+        let exit_code = match self.ran.ending {
+            Ending::Exited(code) => Some(code),
+            _ => None,
+        };
+        Outcome {
+            status,
+            exit_code,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            error,
+            duration_ms: (self.duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+            fuel_used: self.ran.fuel_used,
+            files,
+        }
+    }
+
+    /// A stream as the result carries it: cut to `cap` bytes (head and tail), and saved whole
+    /// in the workspace when cut.
+    fn stream(
+        &self,
+        name: &str,
+        text: &str,
+        dropped: u64,
+        cap: usize,
+        workspace: &Workspace,
+        files: &mut Vec<FileInfo>,
+    ) -> (String, bool) {
+        let mut text = text.to_string();
+        if dropped > 0 {
+            text.push_str(&format!(
+                "\n[... {dropped} more bytes were dropped: the guest may write at most {} bytes to {name} ...]\n",
+                self.limits.output_bytes
+            ));
+        }
+        if text.len() <= cap {
+            return (text, dropped > 0);
+        }
+        let path = format!(".toolhost/{}.{name}", self.call_id);
+        let saved_as = match workspace.write(&path, text.as_bytes()) {
+            Ok(size) => {
+                files.push(file_info(&path, size));
+                format!("/workspace/{path}")
+            }
+            Err(e) => {
+                tracing::warn!("cannot save the whole {name} of {}: {e}", self.call_id);
+                format!("(not saved: {e})")
+            }
+        };
+        cut(&text, cap, &saved_as)
+    }
+}
+
+fn file_info(path: &str, size: u64) -> FileInfo {
+    FileInfo {
+        path: path.to_string(),
+        size,
+        mime_type: mime_guess::from_path(path).first_or_octet_stream().essence_str().to_string(),
+        uri: workspace::uri(path),
+    }
 }
 
 #[cfg(test)]

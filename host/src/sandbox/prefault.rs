@@ -77,14 +77,15 @@ impl WriteSet {
 
     /// Populates the learned pages of a fresh instance's memory, writable.
     #[allow(unsafe_code)]
-    pub fn prefault(&self, base: *mut u8, len: usize) {
+    pub fn prefault(&self, memory: &mut [u8]) {
+        let (base, len) = (memory.as_mut_ptr(), memory.len());
         for &(start, length) in &self.ranges {
             let Some(end) = start.checked_add(length) else { continue };
             if end > len {
                 continue;
             }
-            // SAFETY: `base..base + len` is the instance's linear memory, owned by its store on
-            // this thread and not in use by wasm while this runs; the range lies inside it.
+            // SAFETY: `base..base + len` is `memory`, borrowed mutably for this call (so wasm is
+            // not using it); the range lies inside it.
             // MADV_POPULATE_WRITE changes no byte: it faults the pages in as a write would,
             // without writing. A failure (an old kernel) only means the pages fault later.
             let _ =

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use wasmtime::{Engine, Instance, Module, Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
@@ -19,7 +19,7 @@ use super::output::Capture;
 use super::{Limits, engine};
 use crate::progress::Progress;
 use crate::runtime::cache::{self, Cache};
-use crate::runtime::verify::{sha256_bytes, sha256_file};
+use crate::runtime::verify::{ChecksumMismatch, sha256_bytes, sha256_file};
 use crate::runtime::{FileRole, InstalledRuntime};
 
 /// Changes whenever what goes into a snapshot changes in a way the key does not capture.
@@ -138,13 +138,14 @@ fn build(
     let pinned = runtime.sha256(FileRole::Reactor).context("the reactor has no pin")?.to_string();
     let actual = sha256_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if actual != pinned {
-        bail!(
-            "runtime {}: sha256 mismatch for {}: expected {pinned}, got {actual}; it is not used; run \
-             `toolhost runtime fetch {}` to replace it",
-            runtime.name(),
-            path.display(),
-            runtime.name()
-        );
+        return Err(ChecksumMismatch {
+            subject: format!("runtime {}", runtime.name()),
+            file: path.display().to_string(),
+            expected: pinned,
+            actual,
+            advice: format!("it is not used; run `toolhost runtime fetch {}` to replace it", runtime.name()),
+        }
+        .into());
     }
     // wasi-libc keeps a table of the preopened folders, filled on first use. Resetting it just
     // before the snapshot (as wizer.initialize does) lets each call fill it with its own

@@ -11,7 +11,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
-use crate::app::{App, Readiness};
+use crate::app::App;
+use crate::sandbox::readiness::State as Readiness;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -25,8 +26,8 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     if app.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "shutting_down"})));
     }
-    match app.readiness() {
-        Readiness::Ready => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
+    match app.services.sandbox.state() {
+        Readiness::Ready(_) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
         Readiness::Preparing => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "preparing"}))),
         Readiness::Failed(error) => {
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "failed", "error": error})))
@@ -42,7 +43,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             "metrics are not enabled\n".to_string(),
         );
     };
-    if let Ok(sandbox) = app.sandbox() {
+    if let Ok(sandbox) = app.services.sandbox.get() {
         let stats = sandbox.stats();
         metrics::gauge!("toolhost_instances_in_flight").set(stats.running as f64);
         metrics::gauge!("toolhost_queue_depth").set(stats.waiting as f64);

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::code_mode::CodeMode;
 use super::{Hints, Image, Tool, ToolContext, ToolDefinition, ToolError, ToolOutput, object_schema, parse};
-use crate::sandbox::{Call, HostTools, Limits, Outcome, SandboxError, Status};
+use crate::sandbox::{Call, HostTools, Limits, Outcome, Status};
 
 /// The most image bytes a result carries inline (base64 adds a third; every result stays
 /// under 512 KiB).
@@ -84,29 +84,28 @@ impl Tool for CodeInterpreter {
 
     async fn call(&self, args: Map<String, Value>, ctx: &ToolContext<'_>) -> Result<ToolOutput, ToolError> {
         let args: Args = parse(args)?;
-        let sandbox = ctx.app.ready_sandbox().await?;
+        let sandbox = ctx.services.sandbox().await?;
         let limits = sandbox.limits().narrowed(args.timeout_s.map(Duration::from_secs_f64));
         let workspace = ctx.session.workspace()?;
         let run = sandbox.run(Call {
-            roots: ctx.app.roots_for_sandbox(),
+            roots: ctx.services.roots.clone(),
             cancel: ctx.cancel.clone(),
-            host_tools: CodeMode::for_run(ctx.app, ctx.session, &ctx.cancel).map(|door| door as Arc<dyn HostTools>),
+            host_tools: CodeMode::for_run(ctx.services, ctx.session, &ctx.cancel)
+                .map(|door| door as Arc<dyn HostTools>),
             ..Call::new(args.code, workspace, limits)
         });
         let outcome = match ctx.progress {
             Some(sink) => with_progress(run, sink, limits.timeout).await,
             None => run.await,
         };
-        let outcome = outcome.map_err(|e| match e {
-            SandboxError::Busy { .. } => ToolError::Busy(e.to_string()),
-            other => ToolError::Internal(other.into()),
-        })?;
+        let outcome = outcome?;
         let images = if ctx.inline_images { inline_images(&outcome, workspace) } else { Vec::new() };
         Ok(ToolOutput {
             text: render(&outcome),
             structured: Some(serde_json::to_value(&outcome).map_err(anyhow::Error::from)?),
             images,
             is_error: outcome.status != Status::Ok,
+            status: Some(outcome.status),
             changed_workspace: !outcome.files.is_empty(),
         })
     }
@@ -186,9 +185,7 @@ fn inline_images(outcome: &Outcome, workspace: &crate::workspace::Workspace) -> 
     let mut budget = INLINE_IMAGE_BYTES;
     let mut images = Vec::new();
     for file in &outcome.files {
-        if !matches!(file.mime_type.as_str(), "image/png" | "image/jpeg" | "image/gif" | "image/webp")
-            || file.size > budget
-        {
+        if !super::is_inline_image(&file.mime_type) || file.size > budget {
             continue;
         }
         if let Ok((bytes, _)) = workspace.read(&file.path, 0, Some(file.size)) {

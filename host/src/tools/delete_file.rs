@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Hints, Tool, ToolContext, ToolDefinition, ToolError, ToolOutput, object_schema, parse};
-use crate::workspace::{self, Kind};
+use crate::workspace;
 
 pub struct DeleteFile {
     definition: ToolDefinition,
@@ -48,11 +48,7 @@ impl Tool for DeleteFile {
     async fn call(&self, args: Map<String, Value>, ctx: &ToolContext<'_>) -> Result<ToolOutput, ToolError> {
         let args: Args = parse(args)?;
         let path = workspace::display(&workspace::resolve(&args.path)?);
-        let kind = match ctx.session.workspace()?.delete(&path)? {
-            Kind::File => "file",
-            Kind::Dir => "dir",
-            Kind::Symlink => "symlink",
-        };
+        let kind = ctx.session.workspace()?.delete(&path)?.as_str();
         Ok(ToolOutput {
             text: format!("deleted the {kind} {path}"),
             structured: Some(json!({"path": path, "deleted": kind})),

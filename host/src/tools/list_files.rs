@@ -72,11 +72,7 @@ impl Tool for ListFiles {
         let mut listed = Vec::new();
         for (path, entry) in &entries {
             let name = path.rsplit('/').next().unwrap_or(path);
-            let kind = match entry.kind {
-                Kind::File => "file",
-                Kind::Dir => "dir",
-                Kind::Symlink => "symlink",
-            };
+            let kind = entry.kind.as_str();
             let modified = humantime::format_rfc3339_seconds(entry.modified).to_string();
             text.push_str(&match entry.kind {
                 Kind::Dir => format!("{path}/\n"),

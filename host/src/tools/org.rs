@@ -13,16 +13,13 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::{Failure, FailureKind, Hints, Tool, ToolContext, ToolDefinition, ToolError, ToolOutput, check};
-use crate::sandbox::{Call, Limits, Outcome, ReadOnlyRoot, SandboxError, Status};
+use crate::sandbox::{Call, Limits, Outcome, ReadOnlyRoot, Status};
 use manifest::{MANIFEST, Manifest, SCRIPT, WorkspaceAccess};
 
 /// Where a tool's own folder is mounted in the guest, read-only.
 pub const TOOL_MOUNT: &str = "tool";
 /// Runs the tool's script as `__main__`, with its folder importable.
-const DRIVER: &str = "import sys\n\
-sys.path.insert(0, '/tool')\n\
-__tool_globals = {'__name__': '__main__', '__file__': '/tool/main.py', '__builtins__': __builtins__}\n\
-exec(compile(open('/tool/main.py', encoding='utf-8').read(), '/tool/main.py', 'exec'), __tool_globals)\n";
+const DRIVER: &str = include_str!("../../../guest-runtimes/python/org_tool.py");
 /// The most of a tool's stderr a failure quotes.
 const STDERR_TAIL: usize = 4096;
 /// The most of a tool's stdout a "not JSON" failure quotes.
@@ -213,7 +210,7 @@ impl Tool for OrgTool {
     }
 
     async fn call(&self, args: Map<String, Value>, ctx: &ToolContext<'_>) -> Result<ToolOutput, ToolError> {
-        let sandbox = ctx.app.ready_sandbox().await?;
+        let sandbox = ctx.services.sandbox().await?;
         let mut limits = self.limits;
         // The stdout is the result: never cut into head and tail.
         limits.result_output_bytes = limits.output_bytes;
@@ -226,7 +223,7 @@ impl Tool for OrgTool {
         }
         let workspace = ctx.session.workspace()?;
         let mut roots = vec![ReadOnlyRoot { name: TOOL_MOUNT.into(), host: self.folder.clone() }];
-        roots.extend(ctx.app.roots_for_sandbox().into_iter().filter(|r| self.roots.contains(&r.name)));
+        roots.extend(ctx.services.roots.iter().filter(|r| self.roots.contains(&r.name)).cloned());
         let stdin = serde_json::to_vec(&Value::Object(args)).map_err(anyhow::Error::from)?;
         let outcome = sandbox
             .run(Call {
@@ -237,11 +234,7 @@ impl Tool for OrgTool {
                 nested: ctx.deadline.is_some(),
                 ..Call::new(DRIVER.to_string(), workspace, limits)
             })
-            .await
-            .map_err(|e| match e {
-                SandboxError::Busy { .. } => ToolError::Busy(e.to_string()),
-                other => ToolError::Internal(other.into()),
-            })?;
+            .await?;
         if outcome.status == Status::Ok { self.result(&outcome) } else { Err(self.failed(&outcome)) }
     }
 }

@@ -92,9 +92,7 @@ impl Tool for ReadFile {
             shown.push_str(&format!("\n[... bytes {offset}-{end} of {size} shown; read on with offset={end} ...]\n"));
         }
         let images = match mime_type.as_str() {
-            "image/png" | "image/jpeg" | "image/gif" | "image/webp"
-                if ctx.inline_images && offset == 0 && !truncated =>
-            {
+            image if super::is_inline_image(image) && ctx.inline_images && offset == 0 && !truncated => {
                 vec![Image { mime_type: mime_type.clone(), bytes }]
             }
             _ => Vec::new(),
