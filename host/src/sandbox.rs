@@ -141,7 +141,7 @@ pub enum SandboxError {
 }
 
 /// Counters for metrics and health.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SandboxStats {
     pub running: usize,
     pub waiting: usize,
@@ -223,6 +223,11 @@ impl Sandbox {
 
     pub fn stats(&self) -> SandboxStats {
         self.inner.admission.stats()
+    }
+
+    /// The counts, as they change.
+    pub fn watch_stats(&self) -> tokio::sync::watch::Receiver<SandboxStats> {
+        self.inner.admission.watch()
     }
 
     /// Runs code in a fresh instance and reports how it went. Waits for a slot when all are

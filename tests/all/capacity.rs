@@ -8,7 +8,7 @@ use toolhost::progress::Progress;
 use toolhost::sandbox::{Busy, Call, Sandbox, SandboxError, Status};
 use toolhost::workspace::Workspace;
 
-use crate::support::{PYTHON, settings, with_timeout, workspace};
+use crate::support::{PYTHON, settings, wait_for_stats, with_timeout, workspace};
 
 /// A sandbox that runs one guest at a time and lets none wait, with a lock its tests take so
 /// that each sees only its own guests.
@@ -34,15 +34,6 @@ fn call<'a>(code: &str, ws: &'a Workspace, cancel: CancellationToken) -> Call<'a
     Call { runtime: Some(PYTHON), cancel, ..Call::new(code.into(), ws, with_timeout(20.0)) }
 }
 
-/// Waits (bounded) until the guest has written `started` in its workspace.
-async fn started(ws: &Workspace) {
-    let until = Instant::now() + Duration::from_secs(20);
-    while ws.read("started", 0, None).is_err() {
-        assert!(Instant::now() < until, "the guest never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_full_queue_answers_busy_and_a_cancelled_guest_stops_at_once() {
     let (sandbox, _exclusive) = single_slot_sandbox().await;
@@ -51,8 +42,7 @@ async fn a_full_queue_answers_busy_and_a_cancelled_guest_stops_at_once() {
     let cancel = CancellationToken::new();
     let first = sandbox.run(call(WAITS_IN_A_HOST_CALL, &first_ws, cancel.clone()));
     let observer = async {
-        started(&first_ws).await;
-        assert_eq!(sandbox.stats().running, 1);
+        wait_for_stats(sandbox, |s| s.running == 1, "the first guest never started").await;
         let refused = sandbox.run(call("print('second')", &second_ws, CancellationToken::new())).await;
         assert!(matches!(refused, Err(SandboxError::Busy(Busy { running: 1, waiting: 0 }))), "{refused:?}");
         let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
@@ -78,16 +68,12 @@ async fn dropping_the_call_stops_the_guest_and_frees_its_slot() {
     let dropped = async {
         tokio::select! {
             _ = sandbox.run(call(spin, &ws, CancellationToken::new())) => panic!("the spin ended by itself"),
-            () = started(&ws) => {}
+            () = wait_for_stats(sandbox, |s| s.running == 1, "the spin never started") => {}
         }
     };
     dropped.await;
     // The guest was stopped when its future was dropped: the single slot frees up.
-    let until = Instant::now() + Duration::from_secs(5);
-    while sandbox.stats().running > 0 {
-        assert!(Instant::now() < until, "the dropped guest still holds its slot");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_stats(sandbox, |s| s.running == 0, "the dropped guest still holds its slot").await;
     let (_b, other) = workspace();
     let outcome = sandbox.run(call("print('next')", &other, CancellationToken::new())).await.expect("runs");
     assert_eq!(outcome.stdout, "next\n");

@@ -213,9 +213,8 @@ async fn shutdown_lets_a_running_call_finish() {
     let app = server.app.clone();
     let running = call(&client, "code_interpreter", json!({"code": "import time\ntime.sleep(1.5)\nprint('finished')"}));
     let stop = async {
-        while app.running_calls() == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let sandbox = app.services.sandbox.get().expect("ready");
+        crate::support::wait_for_stats(&sandbox, |s| s.running > 0, "the call never started").await;
         server.shutdown().await;
     };
     let (result, ()) = tokio::join!(running, stop);

@@ -2,7 +2,6 @@
 //! and counts the notifications it receives.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam,
@@ -16,28 +15,43 @@ use serde_json::Value;
 
 pub type Client = RunningService<RoleClient, Counting>;
 
-/// Counts notifications by kind.
+/// Counts notifications by kind; a test awaits a count instead of polling for it.
 #[derive(Clone, Default)]
 pub struct Counting {
-    pub progress: Arc<AtomicUsize>,
-    pub resource_list_changed: Arc<AtomicUsize>,
-    pub resource_updated: Arc<AtomicUsize>,
-    pub tool_list_changed: Arc<AtomicUsize>,
+    pub progress: Counter,
+    pub resource_list_changed: Counter,
+    pub resource_updated: Counter,
+    pub tool_list_changed: Counter,
 }
 
-impl Counting {
-    pub fn count(counter: &Arc<AtomicUsize>) -> usize {
-        counter.load(Ordering::SeqCst)
+/// A count that can be awaited.
+#[derive(Clone, Default)]
+pub struct Counter(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Counter {
+    fn bump(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Waits until the count reaches `n`, failing the test after `within`.
+    pub async fn reached(&self, n: usize, within: std::time::Duration) {
+        let mut count = self.0.subscribe();
+        let waited = tokio::time::timeout(within, count.wait_for(|c| *c >= n)).await;
+        assert!(waited.is_ok(), "the count stayed at {} of {n} for {within:?}", self.count());
     }
 }
 
 impl ClientHandler for Counting {
     async fn on_progress(&self, _params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
-        self.progress.fetch_add(1, Ordering::SeqCst);
+        self.progress.bump();
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.resource_list_changed.fetch_add(1, Ordering::SeqCst);
+        self.resource_list_changed.bump();
     }
 
     async fn on_resource_updated(
@@ -45,11 +59,11 @@ impl ClientHandler for Counting {
         _params: ResourceUpdatedNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        self.resource_updated.fetch_add(1, Ordering::SeqCst);
+        self.resource_updated.bump();
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.tool_list_changed.fetch_add(1, Ordering::SeqCst);
+        self.tool_list_changed.bump();
     }
 
     fn get_info(&self) -> ClientConfig {

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::mcp_client::{Counting, call, connect, is_error, structured, text};
 use crate::support::start_server;
+use crate::support::wait_for_stats;
 
 #[tokio::test]
 async fn every_tool_is_listed_with_schemas_and_hints() {
@@ -222,13 +223,11 @@ async fn long_calls_report_progress_and_changes_are_announced() {
     )
     .await;
     assert!(!is_error(&result), "{}", text(&result));
-    assert!(Counting::count(&handler.progress) >= 2, "progress every second: {}", Counting::count(&handler.progress));
+    assert_eq!(structured(&result)["status"], "ok");
+    assert!(handler.progress.count() >= 2, "progress every second: {}", handler.progress.count());
     // Notifications travel on the session's own stream: wait for them, bounded.
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while Counting::count(&handler.resource_list_changed) == 0 || Counting::count(&handler.resource_updated) == 0 {
-        assert!(std::time::Instant::now() < until, "no resource notifications arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    handler.resource_list_changed.reached(1, Duration::from_secs(10)).await;
+    handler.resource_updated.reached(1, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -242,17 +241,10 @@ async fn a_cancelled_request_stops_its_guest() {
     ));
     let handle =
         client.send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options()).await.expect("sent");
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while server.app.running_calls() == 0 {
-        assert!(std::time::Instant::now() < until, "the call never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let sandbox = server.app.services.sandbox.get().expect("ready");
+    wait_for_stats(&sandbox, |s| s.running > 0, "the call never started").await;
     handle.cancel(Some("the user pressed stop".into())).await.expect("cancel sent");
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while server.app.running_calls() > 0 {
-        assert!(std::time::Instant::now() < until, "the cancelled guest is still running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_stats(&sandbox, |s| s.running == 0, "the cancelled guest is still running").await;
     let after = call(&client, "code_interpreter", json!({"code": "print('next')"})).await;
     assert_eq!(text(&after), "next\n");
 }
@@ -285,9 +277,8 @@ async fn a_spinning_session_does_not_hold_up_another() {
     let spin = call(&spinner, "code_interpreter", json!({"code": "while True: pass", "timeout_s": 20}));
     let print = async {
         // Start once the spinner holds its slot.
-        while server.app.running_calls() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let sandbox = server.app.services.sandbox.get().expect("ready");
+        wait_for_stats(&sandbox, |s| s.running > 0, "the spinner never started").await;
         call(&printer, "code_interpreter", json!({"code": "print('quick')"})).await
     };
     tokio::pin!(spin);

@@ -234,13 +234,7 @@ async fn changes_under_the_tools_dir_reload_the_tools_and_notify_clients() {
     let names = |tools: Vec<rmcp::model::Tool>| tools.into_iter().map(|t| t.name.to_string()).collect::<Vec<_>>();
     assert!(names(client.list_all_tools().await.expect("tools")).contains(&"first".to_string()));
 
-    let notified = |n: usize| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Counting::count(&counting.tool_list_changed) < n {
-            assert!(Instant::now() < deadline, "no notifications/tools/list_changed after a change");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let notified = |n: usize| counting.tool_list_changed.reached(n, Duration::from_secs(10));
     simple(tools.path(), "second", "", "print('2')");
     notified(1).await;
     assert!(names(client.list_all_tools().await.expect("tools")).contains(&"second".to_string()));

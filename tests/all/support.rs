@@ -61,6 +61,13 @@ pub fn with_timeout(seconds: f64) -> Limits {
     Limits { timeout: Duration::from_secs_f64(seconds), ..Limits::default() }
 }
 
+/// Waits (at most 20 s) until the sandbox's counts satisfy `done`; fails the test with `why`.
+pub async fn wait_for_stats(sandbox: &Sandbox, done: impl FnMut(&toolhost::sandbox::SandboxStats) -> bool, why: &str) {
+    let mut stats = sandbox.watch_stats();
+    let waited = tokio::time::timeout(Duration::from_secs(20), stats.wait_for(done)).await;
+    assert!(waited.is_ok(), "{why} (running and waiting: {:?})", sandbox.stats());
+}
+
 /// The built `toolhost` binary.
 pub fn toolhost_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_toolhost"))

@@ -1,19 +1,18 @@
 //! Admission: at most `max_concurrency` guests run at once; up to `queue_depth` more wait for
 //! a slot in arrival order, and one more is refused as `Busy`. A call made by a running guest
-//! (code mode) uses its caller's slot instead, so nesting cannot deadlock.
+//! (code mode) uses its caller's slot instead, so nesting cannot deadlock. The counts are a
+//! watch channel: metrics read them, and a test can await them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::{Busy, SandboxStats};
 
 pub(super) struct Admission {
     permits: Arc<Semaphore>,
     queue_depth: usize,
-    waiting: AtomicUsize,
-    running: AtomicUsize,
+    stats: watch::Sender<SandboxStats>,
 }
 
 /// A call let in: holds its slot (unless nested) and counts as running until dropped.
@@ -27,13 +26,16 @@ impl Admission {
         Admission {
             permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
             queue_depth,
-            waiting: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
+            stats: watch::Sender::new(SandboxStats::default()),
         }
     }
 
     pub(super) fn stats(&self) -> SandboxStats {
-        SandboxStats { running: self.running.load(Ordering::Relaxed), waiting: self.waiting.load(Ordering::Relaxed) }
+        *self.stats.borrow()
+    }
+
+    pub(super) fn watch(&self) -> watch::Receiver<SandboxStats> {
+        self.stats.subscribe()
     }
 
     /// Waits for a slot (none for a `nested` call), or refuses when the queue is full.
@@ -41,25 +43,34 @@ impl Admission {
         let permit = if nested {
             None
         } else {
-            if self.permits.available_permits() == 0 && self.waiting.load(Ordering::Relaxed) >= self.queue_depth {
-                let stats = self.stats();
+            let stats = self.stats();
+            if self.permits.available_permits() == 0 && stats.waiting >= self.queue_depth {
                 return Err(Busy { running: stats.running, waiting: stats.waiting });
             }
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-            let _waiting = Counted(&self.waiting);
+            let _waiting = Counted::new(&self.stats, |s| &mut s.waiting);
             // The semaphore is never closed.
             Some(self.permits.clone().acquire_owned().await.expect("the slots semaphore is never closed"))
         };
-        self.running.fetch_add(1, Ordering::Relaxed);
-        Ok(Admitted { _permit: permit, _running: Counted(&self.running) })
+        Ok(Admitted { _permit: permit, _running: Counted::new(&self.stats, |s| &mut s.running) })
     }
 }
 
-/// Decrements a counter when dropped.
-struct Counted<'a>(&'a AtomicUsize);
+/// One count of `stats`, held until dropped.
+struct Counted<'a> {
+    stats: &'a watch::Sender<SandboxStats>,
+    field: fn(&mut SandboxStats) -> &mut usize,
+}
+
+impl<'a> Counted<'a> {
+    fn new(stats: &'a watch::Sender<SandboxStats>, field: fn(&mut SandboxStats) -> &mut usize) -> Self {
+        stats.send_modify(|s| *field(s) += 1);
+        Counted { stats, field }
+    }
+}
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let field = self.field;
+        self.stats.send_modify(|s| *field(s) -= 1);
     }
 }
