@@ -51,12 +51,19 @@ async fn the_guest_sees_no_host_environment() {
 
 #[tokio::test]
 async fn the_guest_sees_only_its_own_folders() {
-    let outcome = run("import os\nprint(sorted(os.listdir('/')))").await;
-    // The root itself is not a preopen; the guest lists what its preopens imply.
     let host_only = ["etc", "root", "home", "proc", "sys", "dev", "var"];
+    let code = format!(
+        "import os\ntry:\n    print('root', sorted(os.listdir('/')))\nexcept OSError as e:\n    print('root', type(e).__name__)\n\
+         print({{name: os.path.exists('/' + name) for name in {host_only:?} + ['workspace', 'tmp']}})"
+    );
+    let outcome = run(&code).await;
+    assert_ok(&outcome);
+    // The root itself is not a preopen: it cannot be listed, nor can anything of the host's.
+    assert!(outcome.stdout.starts_with("root FileNotFoundError\n"), "{}", outcome.stdout);
     for name in host_only {
-        assert!(!outcome.stdout.contains(&format!("'{name}'")), "{name} visible: {}", outcome.stdout);
+        assert!(outcome.stdout.contains(&format!("'{name}': False")), "{name} visible: {}", outcome.stdout);
     }
+    assert!(outcome.stdout.contains("'workspace': True, 'tmp': True"), "{}", outcome.stdout);
 }
 
 #[tokio::test]
@@ -98,6 +105,8 @@ print(results)";
     let outcome = run(code).await;
     assert_ok(&outcome);
     assert!(!outcome.stdout.contains("wrote") && !outcome.stdout.contains("read "), "{}", outcome.stdout);
+    // Each of the five attempts failed with an OSError of its own kind.
+    assert_eq!(outcome.stdout.matches("Error'").count(), 5, "{}", outcome.stdout);
 }
 
 #[tokio::test]
@@ -120,6 +129,7 @@ for target in ['/etc/passwd', '../host-secret.txt', '/workspace/../host-secret.t
     let outcome = run_with(code, PYTHON, &ws, with_timeout(10.0)).await;
     assert_ok(&outcome);
     assert!(!outcome.stdout.contains("READ"), "{}", outcome.stdout);
+    assert_eq!(outcome.stdout.matches(" refused ").count(), 3, "each link was refused: {}", outcome.stdout);
     // Whatever the guest made, the host side refuses to follow it too.
     for entry in ws.list("").expect("list") {
         assert!(ws.read(&entry.0, 0, None).is_err(), "{} readable through a link", entry.0);

@@ -17,7 +17,7 @@ async fn the_python_clients_work_against_the_server() {
     })
     .await;
     let output = tokio::process::Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short"])
+        .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--tb=short"])
         .arg(&tests)
         .env("TOOLHOST_URL", &server.url)
         .env("TOOLHOST_TOKEN", "python-test-token")
@@ -28,10 +28,9 @@ async fn the_python_clients_work_against_the_server() {
         .output()
         .await
         .expect("pytest runs");
-    assert!(
-        output.status.success(),
-        "pytest failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "pytest failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    // A skipped test is a feature not tested: none may skip (-rs lists why).
+    assert!(!stdout.contains(" skipped"), "pytest skipped tests:\n{stdout}");
+    assert!(stdout.contains(" passed"), "pytest ran no test:\n{stdout}");
 }

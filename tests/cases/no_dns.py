@@ -1,4 +1,4 @@
-# expect: {"status": "ok", "stdout_excludes": ["resolved", "connected"]}
+# expect: {"status": "ok", "stdout_contains": ["no getaddrinfo: ", "no connection: "], "stdout_excludes": ["resolved", "connected"]}
 # No name resolution and no outgoing connection.
 import socket
 try:

@@ -13,19 +13,23 @@ import pytest
 from conftest import default_server, npm_install
 
 HERE = Path(__file__).resolve().parent
+# Every server scenario that needs no fixture.
 SCENARIOS = [
     "server-initialize",
     "ping",
     "logging-set-level",
+    "completion-complete",
     "tools-list",
     "resources-list",
     "resources-subscribe",
     "resources-unsubscribe",
     "prompts-list",
-    "json-schema-2020-12",
     "server-sse-multiple-streams",
     "dns-rebinding-protection",
 ]
+# Those whose fixtures are org tools (a tool the suite names, in fixtures/conformance-tools).
+WITH_FIXTURE_TOOLS = ["tools-call-simple-text", "tools-call-error", "json-schema-2020-12"]
+FIXTURE_TOOLS = HERE / "fixtures" / "conformance-tools"
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,23 @@ def server(tmp_path_factory):
         yield url
 
 
+@pytest.fixture(scope="module")
+def fixture_server(tmp_path_factory):
+    with default_server(tmp_path_factory.mktemp("conformance-fixtures"), "--tools-dir", str(FIXTURE_TOOLS)) as (url, _):
+        yield url
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_conformance_scenario(scenario, suite, server, tmp_path):
+    run_scenario(scenario, suite, server, tmp_path)
+
+
+@pytest.mark.parametrize("scenario", WITH_FIXTURE_TOOLS)
+def test_conformance_scenario_with_fixture_tools(scenario, suite, fixture_server, tmp_path):
+    run_scenario(scenario, suite, fixture_server, tmp_path)
+
+
+def run_scenario(scenario, suite, server, tmp_path):
     env = {**os.environ, "PATH": f"{suite}{os.pathsep}{os.environ['PATH']}"}
     node = subprocess.run(["node", "--version"], env=env, capture_output=True, text=True)
     assert node.stdout.startswith("v22."), f"the pinned Node 22 is not first on PATH: {node.stdout}{node.stderr}"
