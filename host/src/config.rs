@@ -300,12 +300,7 @@ impl Settings {
             },
         };
         for module in &sandbox.preload {
-            let valid = !module.is_empty()
-                && module.split('.').all(|part| {
-                    part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-                        && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-                });
-            if !valid {
+            if !crate::sandbox::is_python_module_name(module) {
                 bail!("preload entry {module:?} is not a Python module name");
             }
         }

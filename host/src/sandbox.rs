@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use cached::{is_compiled, is_warm, prune};
 pub use door::{Frame, HostTools, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
 pub use engine::WASMTIME_VERSION;
+pub use guest::is_dotted_name as is_python_module_name;
 pub use limits::Limits;
 pub use outcome::{ErrorInfo, FileInfo, Outcome, Status};
 pub use readiness::{NotReady, Readiness};
@@ -314,12 +315,12 @@ fn spawn_guest(
     prepared: Arc<call::Prepared>,
     engine: wasmtime::Engine,
     run: call::GuestRun,
-) -> tokio::sync::oneshot::Receiver<Result<call::Ran>> {
+) -> tokio::sync::oneshot::Receiver<Result<outcome::Ran>> {
     let deadline = tokio::time::Instant::from_std(run.deadline + DEADLINE_GRACE);
     let cancel = run.cancel.clone();
     let (result, receiver) = tokio::sync::oneshot::channel();
     executor.spawn(async move {
-        let interrupted = |ending| Ok(call::Ran { ending, fuel_used: None, written: None });
+        let interrupted = |ending| Ok(outcome::Ran { ending, fuel_used: None, written: None });
         tokio::select! {
             ran = call::run(&prepared, &engine, run) => match ran {
                 Ok((ran, store)) => {

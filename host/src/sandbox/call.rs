@@ -18,7 +18,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::door::{self, HostTools};
 use super::guest;
-use super::outcome::Ending;
+use super::outcome::{Ending, Ran};
 use super::output::Capture;
 use super::prefault::WriteSet;
 use super::{Limits, ReadOnlyRoot};
@@ -35,6 +35,16 @@ pub(super) struct CallState {
     cancel: CancellationToken,
     /// What answers the guest's `host.call`; `None`: the call offers no tools.
     pub(super) host_tools: Option<Arc<dyn HostTools>>,
+}
+
+impl door::DoorState for CallState {
+    fn host_tools(&self) -> Option<Arc<dyn HostTools>> {
+        self.host_tools.clone()
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 /// Refuses memory growth past the call's limit, remembering that it did: the guest then sees
@@ -211,15 +221,6 @@ impl GuestRun {
         };
         Ok((run, [workspace, scratch]))
     }
-}
-
-/// How a run ended and the fuel it burned (unknown after an interruption).
-#[derive(Debug)]
-pub(super) struct Ran {
-    pub ending: Ending,
-    pub fuel_used: Option<u64>,
-    /// The pages the run wrote, when it was asked to learn them.
-    pub written: Option<WriteSet>,
 }
 
 /// The environment every guest sees: nothing from the host.

@@ -4,12 +4,11 @@
 //! into memory the guest allocates with its `host_alloc` export. What the frames mean is the
 //! tools' business (`tools::code_mode`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use wasmtime::{Caller, Extern};
-
-use super::call::CallState;
 
 /// The call offers no host tools: the guest raises "this run has no tools".
 const NO_HOST: i32 = -1;
@@ -37,12 +36,19 @@ pub trait HostTools: Send + Sync {
     async fn answer(&self, frame: Frame, deadline: Instant) -> Vec<u8>;
 }
 
+/// What the door needs of a store's data: who answers, and by when.
+pub(super) trait DoorState: Send {
+    /// `None`: the call offers no tools.
+    fn host_tools(&self) -> Option<Arc<dyn HostTools>>;
+    fn deadline(&self) -> Instant;
+}
+
 /// The door's implementation, called by the linker for every `host.call`.
-pub(super) async fn serve(
-    caller: &mut Caller<'_, CallState>,
+pub(super) async fn serve<T: DoorState>(
+    caller: &mut Caller<'_, T>,
     (ptr, len, out_ptr, out_len): (i32, i32, i32, i32),
 ) -> wasmtime::Result<i32> {
-    let Some(tools) = caller.data().host_tools.clone() else { return Ok(NO_HOST) };
+    let Some(tools) = caller.data().host_tools() else { return Ok(NO_HOST) };
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else { return Ok(HOST_FAULT) };
     let [ptr, len, out_ptr, out_len] = [ptr, len, out_ptr, out_len].map(|n| n as u32 as usize);
     let within = |size: usize, at: usize, n: usize| at.checked_add(n).is_some_and(|end| end <= size);
@@ -55,7 +61,7 @@ pub(super) async fn serve(
     } else {
         Frame::Bytes(memory.data(&*caller)[ptr..ptr + len].to_vec())
     };
-    let deadline = caller.data().deadline;
+    let deadline = caller.data().deadline();
     let answer = tools.answer(frame, deadline).await;
 
     let Some(alloc) = caller.get_export("host_alloc").and_then(Extern::into_func) else { return Ok(HOST_FAULT) };

@@ -72,6 +72,15 @@ pub fn preload_turn(preload: &[String], preopens: usize) -> String {
     turn(PRELOAD, "__toolhost_preload", &serde_json::json!({ "modules": preload, "first_free": 3 + preopens }))
 }
 
+/// Whether `name` is a dotted Python name (`numpy`, `matplotlib.pyplot`, `os.error`).
+pub fn is_dotted_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+        })
+}
+
 /// Tidies a traceback for the user: the reactor's pseudo-file `<turn N>` becomes `<code>`, and
 /// the frame of the parser `turn` calls (shown above a SyntaxError) is dropped.
 pub fn tidy_traceback(stderr: &str) -> String {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Limits, call, guest, output};
+use super::prefault::WriteSet;
+use super::{Limits, guest, output};
 use crate::workspace::{self, Workspace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,12 +140,7 @@ pub fn python_exception(stderr: &str) -> Option<ErrorInfo> {
         Some((kind, message)) => (kind, message.trim()),
         None => (last, ""),
     };
-    let is_name = !kind.is_empty()
-        && kind.split('.').all(|part| {
-            part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-        });
-    is_name
+    guest::is_dotted_name(kind)
         .then(|| ErrorInfo { kind: kind.rsplit('.').next().unwrap_or(kind).to_string(), message: message.to_string() })
 }
 
@@ -176,10 +172,19 @@ fn ceil_boundary(text: &str, mut at: usize) -> usize {
     at
 }
 
+/// How a run ended and the fuel it burned (unknown after an interruption).
+#[derive(Debug)]
+pub(super) struct Ran {
+    pub(super) ending: Ending,
+    pub(super) fuel_used: Option<u64>,
+    /// The pages the run wrote, when it was asked to learn them.
+    pub(super) written: Option<WriteSet>,
+}
+
 /// A finished run, before it is put into an `Outcome`.
 pub(super) struct Finished<'a> {
     pub(super) call_id: &'a str,
-    pub(super) ran: call::Ran,
+    pub(super) ran: Ran,
     pub(super) stdout: output::Captured,
     pub(super) stderr: output::Captured,
     pub(super) memory_denied: bool,

@@ -83,7 +83,7 @@ fn run_once(
     prepared: &call::Prepared,
     script: call::Script,
     learn: bool,
-) -> Result<(call::Ran, String, String)> {
+) -> Result<(outcome::Ran, String, String)> {
     let limits = Limits::default();
     let deadline = Instant::now() + limits.timeout;
     let (run, _folders) = call::GuestRun::offline(script, "startup", limits, deadline, learn)?;

@@ -155,9 +155,7 @@ fn build(
     wizer.init_func("wizer.initialize");
     // The instrumented reactor depends only on the reactor and wizer: compiled once, kept, so
     // that a new preload or layout rebuilds in half the time.
-    let instrumented_key = sha256_bytes(
-        format!("wizer-instrumented {pinned} {} {RESET_PREOPENS_EXPORT}", engine::WASMTIME_VERSION).as_bytes(),
-    );
+    let instrumented_key = instrumented_key(&pinned);
     let module = engine.module_from(
         "the plain reactor, instrumented for snapshots",
         &instrumented_key,
