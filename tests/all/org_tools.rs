@@ -4,7 +4,7 @@
 //! deadline, refused the ones it may not call.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use toolhost::sandbox::Limits;
@@ -199,11 +199,10 @@ async fn a_failing_tool_returns_a_clear_error_and_the_server_carries_on() {
     assert!(is_error(&refused));
     assert_eq!(text(&refused), "the region \"mars\" does not exist");
 
-    let started = Instant::now();
     let spun = call(&client, "spin", json!({})).await;
-    let took = started.elapsed();
     assert!(is_error(&spun) && text(&spun).contains("spin did not finish within its time limit"), "{}", text(&spun));
-    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(10), "its own 1.5 s limit: {took:?}");
+    let took = stopped_after(&text(&spun));
+    assert!((1.4..3.0).contains(&took), "its own 1.5 s limit: {}", text(&spun));
 
     let greedy = call(&client, "greedy", json!({})).await;
     assert!(is_error(&greedy) && text(&greedy).contains("greedy ran out of memory"), "{}", text(&greedy));
@@ -341,14 +340,13 @@ async fn tool_calls_from_code_keep_failure_detail_on_the_host_and_respect_budget
     // The list counts as a request; then raiser and three adds: the fourth add is the sixth request.
     assert!(out.contains("3 ToolBudgetExceeded budget_exceeded"), "{out}");
 
-    let started = Instant::now();
     let code = "from host import tools, ToolTimeout\n\
                 try:\n    tools.spin()\nexcept ToolTimeout as e:\n    print('caught', e.kind)\n";
     let ran = call(&client, "code_interpreter", json!({"code": code, "timeout_s": 1.0})).await;
-    let took = started.elapsed();
     assert!(!is_error(&ran), "the guest catches the tool's timeout before its own: {}", text(&ran));
     assert_eq!(structured(&ran)["stdout"], "caught timeout\n");
-    assert!(took < Duration::from_millis(1400), "held to the caller's 1 s, not the tool's 1.5 s: {took:?}");
+    // The guest's own 1 s deadline held: it finished, so the tool was stopped before 1.5 s.
+    assert!(structured(&ran)["duration_ms"].as_f64().is_some_and(|ms| ms < 1000.0), "{}", structured(&ran));
     client.cancel().await.expect("close");
 }
 
@@ -368,16 +366,22 @@ async fn a_reload_applies_a_tools_new_limits_even_when_its_description_is_unchan
     simple(tools.path(), "spin", "[limits]\ntimeout_s = 1.5", "while True:\n    pass\n");
     let server = start_server(|s| s.app.tools_dir = tools.path().to_path_buf()).await;
     let client = connect(&server.url, None).await;
-    let started = Instant::now();
     let spun = call(&client, "spin", json!({})).await;
-    let before = started.elapsed();
-    assert!(is_error(&spun) && before >= Duration::from_millis(1400), "{before:?}: {}", text(&spun));
+    assert!(is_error(&spun) && stopped_after(&text(&spun)) >= 1.4, "{}", text(&spun));
 
     simple(tools.path(), "spin", "[limits]\ntimeout_s = 0.3", "while True:\n    pass\n");
     assert!(!server.app.catalog().reload(), "the tool list itself did not change: no notification");
-    let started = Instant::now();
     let spun = call(&client, "spin", json!({})).await;
-    let after = started.elapsed();
-    assert!(is_error(&spun) && after < Duration::from_millis(1200), "the new 0.3 s limit applies: {after:?}");
+    let after = stopped_after(&text(&spun));
+    assert!(is_error(&spun) && after < 1.0, "the new 0.3 s limit applies: {}", text(&spun));
     client.cancel().await.expect("close");
+}
+
+/// The seconds a timed-out org tool reports it ran ("... (stopped after 1.5 s)").
+fn stopped_after(text: &str) -> f64 {
+    text.split("stopped after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no running time in {text:?}"))
 }

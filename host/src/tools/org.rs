@@ -7,7 +7,7 @@ pub mod manifest;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -180,7 +180,7 @@ impl OrgTool {
         let name = &self.definition.name;
         let raised = outcome.error.as_ref().map_or("an error", |e| e.kind.as_str());
         let message = match outcome.status {
-            Status::Timeout => return timed_out(name),
+            Status::Timeout => return timed_out(name, Duration::from_secs_f64(outcome.duration_ms / 1000.0)),
             Status::OutOfMemory => format!("{name} ran out of memory"),
             Status::OutOfFuel => format!("{name} ran out of fuel (instructions)"),
             Status::Error if raised == "SystemExit" => {
@@ -217,7 +217,7 @@ impl Tool for OrgTool {
         if let Some(deadline) = ctx.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(timed_out(&self.definition.name));
+                return Err(timed_out(&self.definition.name, Duration::ZERO));
             }
             limits.timeout = limits.timeout.min(left);
         }
@@ -243,10 +243,11 @@ fn failure(message: String, detail: Option<String>) -> ToolError {
     ToolError::Failed(Failure { kind: FailureKind::Error, message, detail })
 }
 
-fn timed_out(name: &str) -> ToolError {
+/// The tool hit its time limit, after running for `ran`.
+fn timed_out(name: &str, ran: Duration) -> ToolError {
     ToolError::Failed(Failure {
         kind: FailureKind::Timeout,
-        message: format!("{name} did not finish within its time limit"),
+        message: format!("{name} did not finish within its time limit (stopped after {:.1} s)", ran.as_secs_f64()),
         detail: None,
     })
 }
