@@ -149,3 +149,12 @@ fn logs_can_be_json_lines() {
         assert!(parsed.get("level").is_some() && parsed.get("fields").is_some(), "{line}");
     }
 }
+
+#[test]
+fn run_stops_a_guest_blocked_in_a_relative_wait_at_its_deadline() {
+    let output = toolhost(&["run", "--timeout", "1", "-c", "import select\nselect.select([], [], [], 10**7)"]);
+    assert_eq!(output.status.code(), Some(1));
+    let outcome = outcome_of(&output);
+    assert_eq!(outcome["status"], "timeout", "{outcome}");
+    assert!(outcome["duration_ms"].as_f64().is_some_and(|ms| ms < 1300.0), "{outcome}");
+}

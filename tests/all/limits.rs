@@ -91,3 +91,47 @@ async fn a_call_may_not_ask_for_more_than_the_ceiling() {
     let asked = ceiling.narrowed(Some(Duration::from_secs(3600)));
     assert_eq!(asked.timeout, ceiling.timeout);
 }
+
+/// Guests that block in a host call where an interpreter cannot be interrupted: each must end
+/// as `timeout` at its deadline (plus a small grace), and leave its slot and thread free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_blocking_host_call_outlives_its_deadline() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fifo = data.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let blockers = [
+        // A relative timeout: wasi-libc's poll_oneoff with one relative clock.
+        ("select", "import select\nselect.select([], [], [], 10**7)"),
+        ("poll", "import select\np = select.poll()\np.poll(10**10)"),
+        // A FIFO in a root: opening it blocks until a writer comes, which never does.
+        ("fifo", "open('/data/fifo').read()"),
+    ];
+    let data = data.path().to_path_buf();
+    let data = &data;
+    for round in 0..2 {
+        // As many at once as the sandbox has slots, so that a blocker that held its thread
+        // would leave nothing for the next round.
+        let runs = blockers.iter().map(|(name, code)| async move {
+            let (_dir, ws) = workspace();
+            let call = toolhost::sandbox::Call {
+                runtime: Some(PYTHON),
+                roots: vec![toolhost::sandbox::ReadOnlyRoot { name: "data".into(), host: data.clone() }],
+                ..toolhost::sandbox::Call::new(code.to_string(), &ws, with_timeout(1.0))
+            };
+            let outcome = tokio::time::timeout(Duration::from_secs(20), crate::support::sandbox().run(call))
+                .await
+                .unwrap_or_else(|_| panic!("{name} (round {round}) held its call past the deadline"))
+                .expect("the call runs");
+            (name, outcome)
+        });
+        for (name, outcome) in futures::future::join_all(runs).await {
+            assert_eq!(outcome.status, Status::Timeout, "{name}: {outcome:?}");
+            assert!(outcome.duration_ms < 1300.0, "{name} ended {} ms after it started", outcome.duration_ms);
+        }
+    }
+    let (_dir, ws) = workspace();
+    let after = tokio::time::timeout(Duration::from_secs(20), run_with("print('free')", PYTHON, &ws, with_timeout(5.0)))
+        .await
+        .expect("the sandbox still runs calls");
+    assert_eq!(after.stdout, "free\n");
+}

@@ -252,7 +252,10 @@ pub(super) fn store(
     wasi.stdin(MemoryInputPipe::new(run.stdin.clone()))
         .stdout(run.stdout.clone())
         .stderr(run.stderr.clone())
-        .allow_blocking_current_thread(true)
+        // Never block the guest's thread: a blocking host call (a relative poll_oneoff, which
+        // wasmtime-wasi otherwise serves with `thread::sleep`, or a file operation on a FIFO)
+        // then runs where the call can be abandoned at its deadline, and the thread is free.
+        .allow_blocking_current_thread(false)
         .envs(env)
         .args(args);
     let mount = |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, perms: FsPerms| -> Result<()> {
