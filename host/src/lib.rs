@@ -23,6 +23,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod mcp;
+pub mod principal;
 pub mod progress;
 pub mod runtime;
 pub mod sandbox;

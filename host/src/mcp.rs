@@ -176,7 +176,7 @@ impl ServerHandler for McpHandler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let span = tracing::info_span!("tool_call", tool = %request.name, session = %self.session.id);
+        let span = tracing::info_span!("tool_call", tool = %request.name, session = %self.session.log_tag());
         self.run_tool(request, context).instrument(span).await.map(Into::into)
     }
 

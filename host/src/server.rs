@@ -5,6 +5,7 @@
 
 mod guard;
 mod health;
+mod owners;
 mod sse;
 
 use std::sync::Arc;
@@ -52,14 +53,18 @@ impl Server {
             .disable_allowed_hosts()
             .with_max_request_body_bytes(self.settings.max_body_bytes)
             .with_cancellation_token(self.sessions.child_token());
+        let session_manager = Arc::new(session_manager);
+        let owners = owners::Owners::new(session_manager.clone());
         let streamable = StreamableHttpService::new(
             move || Ok(McpHandler::new(app.clone(), app.sessions.open(false))),
-            Arc::new(session_manager),
+            session_manager,
             config,
         );
         let legacy = sse::Legacy::new(self.app.clone(), self.sessions.clone());
-        let streamable =
-            Router::new().route_service("/mcp", streamable).layer(axum::middleware::from_fn(session_end_answers_ok));
+        let streamable = Router::new()
+            .route_service("/mcp", streamable)
+            .layer(axum::middleware::from_fn(session_end_answers_ok))
+            .layer(axum::middleware::from_fn_with_state(owners, owners::bind));
         let mcp = Router::new()
             .merge(streamable)
             .route("/sse", get(sse::open))

@@ -142,6 +142,12 @@ impl Session {
         Ok(self.workspace.get_or_init(|| opened))
     }
 
+    /// How logs name the session: a short hash of its id, which is a credential of sorts (whoever
+    /// knows it may name the session) and so never logged above debug.
+    pub fn log_tag(&self) -> String {
+        crate::runtime::verify::sha256_bytes(self.id.as_bytes())[..8].to_string()
+    }
+
     /// The workspace folder on the host.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -220,3 +220,87 @@ async fn shutdown_lets_a_running_call_finish() {
     let (result, ()) = tokio::join!(running, stop);
     assert_eq!(text(&result), "finished\n");
 }
+
+#[tokio::test]
+async fn another_principal_cannot_act_in_a_session() {
+    const OTHER: &str = "another-tenant";
+    let server = start_server(|s| s.server.tokens = vec![TOKEN.into(), OTHER.into()]).await;
+
+    // Streamable HTTP: the owner opens a session and writes a file in it.
+    let opened = post_mcp(&server).bearer_auth(TOKEN).json(&initialize()).send().await.expect("sent");
+    assert_eq!(opened.status(), 200);
+    let id = opened.headers()["mcp-session-id"].to_str().expect("ascii").to_string();
+    let in_session = |token: &str, body: serde_json::Value| {
+        post_mcp(&server)
+            .bearer_auth(token)
+            .header("mcp-session-id", &id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body)
+            .send()
+    };
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(in_session(TOKEN, initialized).await.expect("sent").status(), 202);
+    let write = |content: &str| {
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "write_file", "arguments": {"path": "owner.txt", "content": content}}})
+    };
+    let own = in_session(TOKEN, write("the owner's")).await.expect("sent");
+    assert_eq!(own.status(), 200);
+    assert!(own.text().await.expect("body").contains("owner.txt"), "the owner's call ran");
+
+    // Another principal naming that session: as if it did not exist, whatever the method.
+    let foreign = in_session(OTHER, write("overwritten")).await.expect("sent");
+    assert_eq!(foreign.status(), 404);
+    let stream = reqwest::Client::new()
+        .get(format!("{}/mcp", server.url))
+        .bearer_auth(OTHER)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &id)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(stream.status(), 404, "another principal cannot listen to the session");
+    let delete = reqwest::Client::new()
+        .delete(format!("{}/mcp", server.url))
+        .bearer_auth(OTHER)
+        .header("mcp-session-id", &id)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(delete.status(), 404, "another principal cannot end the session");
+    // The owner's file is untouched, and its session still works.
+    let read = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "read_file", "arguments": {"path": "owner.txt"}}});
+    let back = in_session(TOKEN, read).await.expect("sent");
+    assert_eq!(back.status(), 200);
+    let body = back.text().await.expect("body");
+    assert!(body.contains("the owner's") && !body.contains("overwritten"), "{body}");
+    // Its own DELETE answers 200, as the spec's clients expect.
+    let closed = reqwest::Client::new()
+        .delete(format!("{}/mcp", server.url))
+        .bearer_auth(TOKEN)
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(closed.status(), 200);
+
+    // Legacy SSE: another principal posting to the owner's endpoint gets 404; the owner 202.
+    let stream =
+        reqwest::Client::new().get(format!("{}/sse", server.url)).bearer_auth(TOKEN).send().await.expect("sse");
+    let mut body = stream.bytes_stream();
+    let mut head = String::new();
+    while !head.contains("\n\n") {
+        let chunk = body.next().await.expect("an event").expect("bytes");
+        head.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let endpoint = head.lines().nth(1).and_then(|l| l.strip_prefix("data: ")).expect("endpoint").to_string();
+    let hello = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2024-11-05\",\"capabilities\":{},\"clientInfo\":{\"name\":\"raw\",\"version\":\"0\"}}}";
+    let post = |token: &'static str| {
+        reqwest::Client::new().post(format!("{}{endpoint}", server.url)).bearer_auth(token).body(hello).send()
+    };
+    assert_eq!(post(OTHER).await.expect("sent").status(), 404);
+    assert_eq!(post(TOKEN).await.expect("sent").status(), 202);
+    still_up(&server).await;
+}

@@ -130,8 +130,9 @@ async fn no_blocking_host_call_outlives_its_deadline() {
         }
     }
     let (_dir, ws) = workspace();
-    let after = tokio::time::timeout(Duration::from_secs(20), run_with("print('free')", PYTHON, &ws, with_timeout(5.0)))
-        .await
-        .expect("the sandbox still runs calls");
+    let after =
+        tokio::time::timeout(Duration::from_secs(20), run_with("print('free')", PYTHON, &ws, with_timeout(5.0)))
+            .await
+            .expect("the sandbox still runs calls");
     assert_eq!(after.stdout, "free\n");
 }

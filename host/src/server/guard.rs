@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use crate::config::ServerSettings;
+use crate::principal::Principal;
 
 /// Host names accepted on any port without configuration.
 const LOOPBACK_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
@@ -42,7 +43,8 @@ impl Policy {
     }
 }
 
-pub async fn check(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+/// Checks a request; one that passes carries its `Principal` in its extensions.
+pub async fn check(State(policy): State<Policy>, mut request: Request, next: Next) -> Response {
     let rules = &policy.0;
     let headers = request.headers();
     let host = headers
@@ -67,6 +69,7 @@ pub async fn check(State(policy): State<Policy>, request: Request, next: Next) -
             );
         }
     }
+    let mut principal = Principal::anonymous();
     if !rules.tokens.is_empty() {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -78,7 +81,7 @@ pub async fn check(State(policy): State<Policy>, request: Request, next: Next) -
             Some(token) if !token_matches(&rules.tokens, token.as_bytes()) => {
                 return unauthorized("invalid bearer token", Some("invalid_token"));
             }
-            Some(_) => {}
+            Some(token) => principal = Principal::token(token.as_bytes()),
         }
     }
     let length =
@@ -94,6 +97,7 @@ pub async fn check(State(policy): State<Policy>, request: Request, next: Next) -
             ),
         );
     }
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 

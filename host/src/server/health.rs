@@ -57,6 +57,9 @@ static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder for this process (once; later calls reuse it).
 pub fn install_metrics() -> anyhow::Result<()> {
+    // Two servers in one process (tests) may start at once: one installs, the other reuses.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if METRICS.get().is_some() {
         return Ok(());
     }

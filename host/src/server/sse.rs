@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,16 +23,24 @@ use tokio_util::sync::{CancellationToken, PollSender};
 
 use crate::app::App;
 use crate::mcp::{McpHandler, asks_for_inline_images};
+use crate::principal::Principal;
 
 /// Messages buffered per direction per session.
 const CHANNEL: usize = 64;
 
-/// The open legacy sessions: each id with the sender that feeds its handler.
+/// The open legacy sessions: each id with the sender that feeds its handler and its owner.
 #[derive(Clone)]
 pub struct Legacy {
     app: Arc<App>,
-    open: Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>,
+    open: Arc<Mutex<HashMap<String, Open>>>,
     shutdown: CancellationToken,
+}
+
+/// One open session.
+struct Open {
+    sender: mpsc::Sender<ClientJsonRpcMessage>,
+    /// The principal whose `GET /sse` opened it: only it may post to it.
+    owner: Principal,
 }
 
 impl Legacy {
@@ -40,8 +48,10 @@ impl Legacy {
         Legacy { app, open: Arc::default(), shutdown }
     }
 
-    fn sender(&self, id: &str) -> Option<mpsc::Sender<ClientJsonRpcMessage>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    /// The sender of `principal`'s session `id`; `None` for another principal's, as for none.
+    fn sender(&self, id: &str, principal: &Principal) -> Option<mpsc::Sender<ClientJsonRpcMessage>> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(id).filter(|session| session.owner == *principal).map(|session| session.sender.clone())
     }
 }
 
@@ -49,7 +59,7 @@ impl Legacy {
 /// the handler's input and so the session.
 struct Closer {
     id: String,
-    open: Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>,
+    open: Arc<Mutex<HashMap<String, Open>>>,
 }
 
 impl Drop for Closer {
@@ -60,13 +70,18 @@ impl Drop for Closer {
 }
 
 /// `GET /sse`: a new session and its event stream.
-pub async fn open(State(legacy): State<Legacy>, uri: Uri) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn open(
+    State(legacy): State<Legacy>,
+    principal: Option<Extension<Principal>>,
+    uri: Uri,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let owner = principal.map_or_else(Principal::anonymous, |Extension(p)| p);
     let inline = uri.query().is_some_and(asks_for_inline_images);
     let session = legacy.app.sessions.open(inline);
     let id = session.id.clone();
     let (to_server, from_client) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL);
     let (to_client, from_server) = mpsc::channel(CHANNEL);
-    legacy.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), to_server);
+    legacy.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Open { sender: to_server, owner });
 
     let handler = McpHandler::new(legacy.app.clone(), session);
     let stop = legacy.shutdown.child_token();
@@ -102,16 +117,17 @@ pub async fn open(State(legacy): State<Legacy>, uri: Uri) -> Sse<impl Stream<Ite
 /// comes on the session's event stream; this only says whether the message was taken.
 pub async fn message(
     State(legacy): State<Legacy>,
+    principal: Option<Extension<Principal>>,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    let principal = principal.map_or_else(Principal::anonymous, |Extension(p)| p);
     let Some(id) = query.get("sessionId") else {
         return (StatusCode::BAD_REQUEST, "missing the sessionId query parameter (from the stream's endpoint event)")
             .into_response();
     };
-    let Some(sender) = legacy.sender(id) else {
-        return (StatusCode::NOT_FOUND, format!("unknown or closed session {id:?}; open a new stream with GET /sse"))
-            .into_response();
+    let Some(sender) = legacy.sender(id, &principal) else {
+        return (StatusCode::NOT_FOUND, "unknown or closed session; open a new stream with GET /sse").into_response();
     };
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
@@ -123,9 +139,7 @@ pub async fn message(
     };
     match sender.send(message).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(_) => {
-            (StatusCode::GONE, format!("session {id:?} has ended; open a new stream with GET /sse")).into_response()
-        }
+        Err(_) => (StatusCode::GONE, "the session has ended; open a new stream with GET /sse").into_response(),
     }
 }
 
