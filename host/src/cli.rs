@@ -178,7 +178,8 @@ pub struct ServerArgs {
     #[arg(long = "allowed-host", env = "TOOLHOST_ALLOWED_HOSTS", value_delimiter = ',', value_name = "HOST")]
     pub allowed_hosts: Vec<String>,
 
-    /// A browser Origin to accept besides those of the allowed hosts (repeatable).
+    /// A browser Origin to accept, exactly (scheme, host, port), besides this server's own and
+    /// those of the allowed hosts (repeatable).
     #[arg(long = "allowed-origin", env = "TOOLHOST_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
 

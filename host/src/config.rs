@@ -64,7 +64,8 @@ pub struct ServerFile {
     /// Host header values to accept besides loopback names (behind a proxy, in a container).
     /// Flag `--allowed-host`, env `TOOLHOST_ALLOWED_HOSTS`.
     pub allowed_hosts: Option<Vec<String>>,
-    /// Browser origins to accept besides those of the allowed hosts. Flag `--allowed-origin`.
+    /// Browser origins to accept (scheme, host and port, exactly) besides this server's own
+    /// (`http://localhost:<port>`) and those of the allowed hosts. Flag `--allowed-origin`.
     pub allowed_origins: Option<Vec<String>>,
     /// The largest request body, in MiB. Flag `--max-body-mb`. Default 16.
     pub max_body_mb: Option<usize>,

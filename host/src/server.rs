@@ -79,7 +79,10 @@ impl Server {
 
     /// Serves on `listener` until `stop` completes, then shuts down gracefully.
     pub async fn serve(self, listener: TcpListener, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let router = self.router();
+        // The port actually bound (`--listen 127.0.0.1:0` picks one): Origin checks name it.
+        let mut bound = self.clone();
+        bound.settings.listen = listener.local_addr().context("the listener has no address")?;
+        let router = bound.router();
         let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
         let server = self.clone();
         tokio::spawn(async move {

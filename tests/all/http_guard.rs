@@ -88,14 +88,21 @@ async fn foreign_hosts_and_origins_are_refused() {
         .await
         .expect("sent");
     assert_eq!(evil_origin.status(), 403);
-    let local_origin = post_mcp(&server)
+    let port = server.url.rsplit(':').next().expect("a port").to_string();
+    let origin =
+        |origin: String| post_mcp(&server).bearer_auth(TOKEN).header("origin", origin).json(&initialize()).send();
+    assert_eq!(origin(format!("http://localhost:{port}")).await.expect("sent").status(), 200, "our own origin");
+    let other_port = origin("http://localhost:6274".into()).await.expect("sent");
+    assert_eq!(other_port.status(), 403, "another port on this machine is another site");
+    let malformed = post_mcp(&server)
         .bearer_auth(TOKEN)
-        .header("origin", "http://localhost:6274")
+        .header("host", "[::1]evil.example")
         .json(&initialize())
         .send()
         .await
         .expect("sent");
-    assert_eq!(local_origin.status(), 200);
+    assert_eq!(malformed.status(), 400);
+    assert!(malformed.text().await.expect("body").contains("malformed"));
     let sse = reqwest::Client::new()
         .get(format!("{}/sse", server.url))
         .bearer_auth(TOKEN)

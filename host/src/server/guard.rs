@@ -22,6 +22,8 @@ pub struct Policy(Arc<Rules>);
 struct Rules {
     /// Accepted Host values: a bare name matches any port, `name:port` only that port.
     hosts: Vec<String>,
+    /// The port we listen on: a loopback Origin must name it (another port is another site).
+    port: u16,
     origins: Vec<String>,
     tokens: Vec<Vec<u8>>,
     max_body_bytes: usize,
@@ -36,6 +38,7 @@ impl Policy {
         }
         Policy(Arc::new(Rules {
             hosts,
+            port: settings.listen.port(),
             origins: settings.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
             tokens: settings.tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
             max_body_bytes: settings.max_body_bytes,
@@ -54,6 +57,9 @@ pub async fn check(State(policy): State<Policy>, mut request: Request, next: Nex
         .or_else(|| request.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default()
         .to_ascii_lowercase();
+    if authority(&host).is_none() {
+        return refuse(StatusCode::BAD_REQUEST, format!("the Host header {host:?} is malformed"));
+    }
     if !host_allowed(&rules.hosts, &host) {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -107,29 +113,56 @@ fn token_matches(tokens: &[Vec<u8>], presented: &[u8]) -> bool {
 }
 
 fn host_allowed(allowed: &[String], host: &str) -> bool {
-    let name = name_of(host);
+    let Some((name, _)) = authority(host) else { return false };
     allowed.iter().any(|entry| entry == host || entry == name)
 }
 
-/// The host name of a `Host` value, without its port (and without IPv6 brackets).
-fn name_of(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
+/// A `Host` value (or an Origin's authority) split into its name (IPv6 without brackets) and
+/// port; `None` when it is malformed (`[::1]evil.example`, a bare IPv6 address, odd bytes).
+fn authority(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (name, after) = rest.split_once(']')?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return None;
+        }
+        match after {
+            "" => (name, None),
+            _ => (name, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let valid_name = !name.is_empty()
+        && (host.starts_with('[')
+            || name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'));
+    let port = match port {
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => Some(port.parse().ok()?),
+        Some(_) => return None,
+        None => None,
+    };
+    valid_name.then_some((name, port))
 }
 
+/// The host name of a `Host` value, for messages.
+fn name_of(host: &str) -> &str {
+    authority(host).map_or(host, |(name, _)| name)
+}
+
+/// An Origin is accepted when it is configured exactly, or is `http(s)://` an allowed host; a
+/// loopback name counts only on our own port (another port on this machine is another site).
 fn origin_allowed(rules: &Rules, origin: &str) -> bool {
     if rules.origins.iter().any(|o| o == origin) {
         return true;
     }
-    match origin.split_once("://") {
-        Some(("http" | "https", authority)) => host_allowed(&rules.hosts, authority),
-        _ => false,
+    let Some(("http" | "https", host)) = origin.split_once("://") else { return false };
+    let Some((name, port)) = authority(host) else { return false };
+    if LOOPBACK_NAMES.contains(&name) {
+        return port == Some(rules.port);
     }
+    host_allowed(&rules.hosts, host)
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {
@@ -165,17 +198,39 @@ mod tests {
         {
             assert!(host_allowed(&allowed, ok), "{ok}");
         }
-        for refused in ["evil.example", "evil.example:8000", "proxy.example:9000", "localhost.evil.example", ""] {
+        for refused in [
+            "evil.example",
+            "evil.example:8000",
+            "proxy.example:9000",
+            "localhost.evil.example",
+            "",
+            "[::1]evil.example",
+            "[::1]:80evil",
+            "localhost:",
+            "localhost:80:80",
+            "::1",
+            "local host",
+        ] {
             assert!(!host_allowed(&allowed, refused), "{refused}");
         }
     }
 
     #[test]
     fn origins_follow_the_allowed_hosts_or_the_list() {
-        let rules =
-            Rules { hosts: hosts(&[]), origins: vec!["https://app.example".into()], tokens: vec![], max_body_bytes: 1 };
-        assert!(origin_allowed(&rules, "http://localhost:6274"));
+        let rules = Rules {
+            hosts: hosts(&["toolhost.internal"]),
+            port: 8000,
+            origins: vec!["https://app.example".into()],
+            tokens: vec![],
+            max_body_bytes: 1,
+        };
+        assert!(origin_allowed(&rules, "http://localhost:8000"));
+        assert!(origin_allowed(&rules, "http://[::1]:8000"));
+        assert!(!origin_allowed(&rules, "http://localhost:6274"), "another port on this machine is another site");
+        assert!(!origin_allowed(&rules, "http://localhost"), "no port is port 80, not ours");
+        assert!(origin_allowed(&rules, "https://toolhost.internal"));
         assert!(origin_allowed(&rules, "https://app.example"));
+        assert!(!origin_allowed(&rules, "https://app.example:444"));
         assert!(!origin_allowed(&rules, "https://evil.example"));
         assert!(!origin_allowed(&rules, "null"));
     }
