@@ -194,6 +194,16 @@ pub struct ServerArgs {
     /// Seconds a streamable HTTP session may stay idle before it is closed. Default 3600.
     #[arg(long, env = "TOOLHOST_SESSION_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub session_idle_timeout: Option<f64>,
+
+    /// Sessions open at once, all principals together; one more is refused with 429. Default
+    /// 1000.
+    #[arg(long, env = "TOOLHOST_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<usize>,
+
+    /// Sessions one principal (a token) may have open at once; one more is refused with 429.
+    /// Default 64.
+    #[arg(long, env = "TOOLHOST_MAX_SESSIONS_PER_PRINCIPAL", value_name = "N")]
+    pub max_sessions_per_principal: Option<usize>,
 }
 
 /// What the MCP service offers, shared by `serve` and `stdio`.

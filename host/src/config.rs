@@ -75,6 +75,12 @@ pub struct ServerFile {
     /// Seconds a streamable HTTP session may stay idle before it is closed. Flag
     /// `--session-idle-timeout`. Default 3600.
     pub session_idle_timeout_s: Option<f64>,
+    /// Sessions open at once, all principals together; one more is refused with 429. Flag
+    /// `--max-sessions`. Default 1000.
+    pub max_sessions: Option<usize>,
+    /// Sessions one principal (a token) may have open at once; one more is refused with 429.
+    /// Flag `--max-sessions-per-principal`. Default 64.
+    pub max_sessions_per_principal: Option<usize>,
 }
 
 /// Session workspaces.
@@ -231,6 +237,10 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub session_idle_timeout: Duration,
+    /// Sessions open at once, in all.
+    pub max_sessions: usize,
+    /// Sessions open at once, per principal.
+    pub max_sessions_per_principal: usize,
 }
 
 /// The flags of the command being run; commands without a group pass its defaults.
@@ -376,6 +386,11 @@ fn merge_server(flags: &ServerArgs, file: &ServerFile) -> Result<ServerSettings>
             "session idle timeout",
             flags.session_idle_timeout.or(file.session_idle_timeout_s).unwrap_or(3600.0),
             1.0,
+        )?,
+        max_sessions: positive("max sessions", flags.max_sessions.or(file.max_sessions).unwrap_or(1000))?,
+        max_sessions_per_principal: positive(
+            "max sessions per principal",
+            flags.max_sessions_per_principal.or(file.max_sessions_per_principal).unwrap_or(64),
         )?,
     })
 }

@@ -54,13 +54,17 @@ impl Server {
             .with_max_request_body_bytes(self.settings.max_body_bytes)
             .with_cancellation_token(self.sessions.child_token());
         let session_manager = Arc::new(session_manager);
-        let owners = owners::Owners::new(session_manager.clone());
+        let owners = owners::Owners::new(
+            session_manager.clone(),
+            self.settings.max_sessions,
+            self.settings.max_sessions_per_principal,
+        );
         let streamable = StreamableHttpService::new(
             move || Ok(McpHandler::new(app.clone(), app.sessions.open(false))),
             session_manager,
             config,
         );
-        let legacy = sse::Legacy::new(self.app.clone(), self.sessions.clone());
+        let legacy = sse::Legacy::new(self.app.clone(), self.sessions.clone(), owners.clone());
         let streamable = Router::new()
             .route_service("/mcp", streamable)
             .layer(axum::middleware::from_fn(session_end_answers_ok))

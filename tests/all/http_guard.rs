@@ -311,3 +311,43 @@ async fn another_principal_cannot_act_in_a_session() {
     assert_eq!(post(TOKEN).await.expect("sent").status(), 202);
     still_up(&server).await;
 }
+
+#[tokio::test]
+async fn sessions_are_capped_per_principal_and_in_all() {
+    const OTHER: &str = "another-tenant";
+    let server = start_server(|s| {
+        s.server.tokens = vec![TOKEN.into(), OTHER.into()];
+        s.server.max_sessions_per_principal = 2;
+        s.server.max_sessions = 3;
+    })
+    .await;
+    let open = |token: &'static str| post_mcp(&server).bearer_auth(token).json(&initialize()).send();
+    let first = open(TOKEN).await.expect("sent");
+    assert_eq!(first.status(), 200);
+    let first_id = first.headers()["mcp-session-id"].to_str().expect("ascii").to_string();
+    assert_eq!(open(TOKEN).await.expect("sent").status(), 200);
+    let third = open(TOKEN).await.expect("sent");
+    assert_eq!(third.status(), 429, "a principal's third session");
+    assert_eq!(third.headers()["retry-after"], "30");
+    assert!(third.text().await.expect("body").contains("--max-sessions-per-principal"));
+    let legacy = reqwest::Client::new().get(format!("{}/sse", server.url)).bearer_auth(TOKEN).send().await.expect("sse");
+    assert_eq!(legacy.status(), 429, "the legacy transport counts against the same cap");
+
+    // Another principal still gets one, up to the total.
+    assert_eq!(open(OTHER).await.expect("sent").status(), 200);
+    let over = open(OTHER).await.expect("sent");
+    assert_eq!(over.status(), 429, "the fourth session in all");
+    assert!(over.text().await.expect("body").contains("--max-sessions"));
+
+    // Closing a session makes room again.
+    let closed = reqwest::Client::new()
+        .delete(format!("{}/mcp", server.url))
+        .bearer_auth(TOKEN)
+        .header("mcp-session-id", &first_id)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(closed.status(), 200);
+    assert_eq!(open(TOKEN).await.expect("sent").status(), 200, "room after a close");
+}

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, PollSender};
 
+use super::owners::{Owners, Refusal};
 use crate::app::App;
 use crate::mcp::{McpHandler, asks_for_inline_images};
 use crate::principal::Principal;
@@ -34,6 +35,8 @@ pub struct Legacy {
     app: Arc<App>,
     open: Arc<Mutex<HashMap<String, Open>>>,
     shutdown: CancellationToken,
+    /// Counts this transport's sessions against the caps.
+    owners: Owners,
 }
 
 /// One open session.
@@ -44,8 +47,8 @@ struct Open {
 }
 
 impl Legacy {
-    pub fn new(app: Arc<App>, shutdown: CancellationToken) -> Legacy {
-        Legacy { app, open: Arc::default(), shutdown }
+    pub fn new(app: Arc<App>, shutdown: CancellationToken, owners: Owners) -> Legacy {
+        Legacy { app, open: Arc::default(), shutdown, owners }
     }
 
     /// The sender of `principal`'s session `id`; `None` for another principal's, as for none.
@@ -60,11 +63,13 @@ impl Legacy {
 struct Closer {
     id: String,
     open: Arc<Mutex<HashMap<String, Open>>>,
+    owners: Owners,
 }
 
 impl Drop for Closer {
     fn drop(&mut self) {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.owners.forget_legacy(&self.id);
         tracing::debug!(session = %self.id, "legacy SSE stream closed");
     }
 }
@@ -74,13 +79,15 @@ pub async fn open(
     State(legacy): State<Legacy>,
     principal: Option<Extension<Principal>>,
     uri: Uri,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Response> {
     let owner = principal.map_or_else(Principal::anonymous, |Extension(p)| p);
+    legacy.owners.admit(&owner).await.map_err(Refusal::into_response)?;
     let inline = uri.query().is_some_and(asks_for_inline_images);
     let session = legacy.app.sessions.open(inline);
     let id = session.id.clone();
     let (to_server, from_client) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL);
     let (to_client, from_server) = mpsc::channel(CHANNEL);
+    legacy.owners.record_legacy(&id, owner.clone());
     legacy.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Open { sender: to_server, owner });
 
     let handler = McpHandler::new(legacy.app.clone(), session);
@@ -96,7 +103,7 @@ pub async fn open(
         }
     });
 
-    let closer = Closer { id: id.clone(), open: legacy.open.clone() };
+    let closer = Closer { id: id.clone(), open: legacy.open.clone(), owners: legacy.owners.clone() };
     let endpoint = Event::default().event("endpoint").data(format!("/messages?sessionId={id}"));
     let messages = ReceiverStream::new(from_server).map(move |message| {
         let _held_for_the_stream = &closer;
@@ -110,7 +117,7 @@ pub async fn open(
         .chain(messages)
         .take_until(legacy.shutdown.clone().cancelled_owned());
     tracing::debug!(session = %id, "legacy SSE stream opened");
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(super::SSE_KEEP_ALIVE))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(super::SSE_KEEP_ALIVE)))
 }
 
 /// `POST /messages?sessionId=...`: one JSON-RPC message for a session's handler. The answer
