@@ -49,6 +49,19 @@ pub struct Hints {
     pub open_world: bool,
 }
 
+impl Hints {
+    /// The annotations as MCP names them, each with its value (`tools/list`, and code mode's
+    /// `list`).
+    pub fn annotations(&self) -> [(&'static str, bool); 4] {
+        [
+            ("readOnlyHint", self.read_only),
+            ("destructiveHint", self.destructive),
+            ("idempotentHint", self.idempotent),
+            ("openWorldHint", self.open_world),
+        ]
+    }
+}
+
 /// An image a result may carry inline (only where the client accepts non-text content).
 #[derive(Debug, Clone)]
 pub struct Image {

@@ -215,7 +215,10 @@ impl Workspace {
             }
             None => self.dir.try_clone().map_err(|e| WorkspaceError::io(&shown, e))?,
         };
-        let tmp = format!(".{name}.toolhost-{}.tmp", std::process::id());
+        // Unique per write: two writes of one path at once must not share (or delete) a temp file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!(".{name}{IN_FLIGHT}{}-{n}.tmp", std::process::id());
         let written = (|| {
             let mut file = folder.open_with(&tmp, OpenOptions::new().write(true).create_new(true))?;
             file.write_all(bytes)?;
@@ -269,6 +272,9 @@ impl Workspace {
         for entry in dir.entries().map_err(|e| WorkspaceError::io(&shown, e))? {
             let entry = entry.map_err(|e| WorkspaceError::io(&shown, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if is_in_flight(&name) {
+                continue;
+            }
             let path = if shown.is_empty() { name } else { format!("{shown}/{name}") };
             if let Ok(e) = entry_of(&entry) {
                 found.push((path, e));
@@ -371,6 +377,19 @@ fn entry_of(entry: &cap_std::fs::DirEntry) -> io::Result<Entry> {
     Ok(Entry { kind, size, modified })
 }
 
+/// What names a temp file of a write in progress: `.<name>.toolhost-<pid>-<n>.tmp`.
+const IN_FLIGHT: &str = ".toolhost-";
+
+/// Whether `name` is another write's temp file, left out of listings (still counted in the
+/// index, so that no name hides bytes from the quota).
+fn is_in_flight(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else { return false };
+    let Some((_, numbers)) = rest.rsplit_once(IN_FLIGHT) else { return false };
+    let mut parts = numbers.split('-');
+    let numeric = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
+}
+
 fn walk(dir: &Dir, prefix: &str, depth: usize, index: &mut Index) -> io::Result<()> {
     for entry in dir.entries()? {
         let entry = entry?;
@@ -392,6 +411,25 @@ fn walk(dir: &Dir, prefix: &str, depth: usize, index: &mut Index) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_writes_of_one_path_never_collide_and_listings_hide_their_temp_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::open(dir.path().join("ws"), Quota { bytes: 1 << 20, files: 100 }).expect("open");
+        std::thread::scope(|scope| {
+            for n in 0..8 {
+                let ws = &ws;
+                scope.spawn(move || {
+                    ws.write("same.txt", format!("writer {n}").as_bytes()).expect("every write succeeds")
+                });
+            }
+        });
+        assert!(ws.read("same.txt", 0, None).expect("read").0.starts_with(b"writer "));
+        std::fs::write(dir.path().join("ws/.same.txt.toolhost-1-2.tmp"), b"in flight").expect("temp");
+        let names: Vec<String> = ws.list("").expect("list").into_iter().map(|(path, _)| path).collect();
+        assert_eq!(names, ["same.txt"]);
+        assert!(is_in_flight(".a.toolhost-12-3.tmp") && !is_in_flight(".a.toolhost-x.tmp") && !is_in_flight("a.tmp"));
+    }
 
     fn workspace() -> (tempfile::TempDir, Workspace) {
         let tmp = tempfile::tempdir().expect("tempdir");

@@ -330,7 +330,8 @@ async fn sessions_are_capped_per_principal_and_in_all() {
     assert_eq!(third.status(), 429, "a principal's third session");
     assert_eq!(third.headers()["retry-after"], "30");
     assert!(third.text().await.expect("body").contains("--max-sessions-per-principal"));
-    let legacy = reqwest::Client::new().get(format!("{}/sse", server.url)).bearer_auth(TOKEN).send().await.expect("sse");
+    let legacy =
+        reqwest::Client::new().get(format!("{}/sse", server.url)).bearer_auth(TOKEN).send().await.expect("sse");
     assert_eq!(legacy.status(), 429, "the legacy transport counts against the same cap");
 
     // Another principal still gets one, up to the total.

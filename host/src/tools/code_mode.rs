@@ -64,17 +64,13 @@ impl CodeMode {
             .definitions()
             .filter(|d| allowed.contains(&d.name))
             .map(|d| {
-                let mut hints = Map::new();
-                for (key, set) in [
-                    ("readOnlyHint", d.hints.read_only),
-                    ("destructiveHint", d.hints.destructive),
-                    ("idempotentHint", d.hints.idempotent),
-                    ("openWorldHint", d.hints.open_world),
-                ] {
-                    if set {
-                        hints.insert(key.into(), Value::Bool(true));
-                    }
-                }
+                let hints: Map<String, Value> = d
+                    .hints
+                    .annotations()
+                    .into_iter()
+                    .filter(|(_, set)| *set)
+                    .map(|(key, set)| (key.to_string(), Value::Bool(set)))
+                    .collect();
                 let mut descriptor = json!({
                     "name": d.name,
                     "description": d.description,
