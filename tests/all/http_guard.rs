@@ -22,6 +22,18 @@ fn post_mcp(server: &TestServer) -> reqwest::RequestBuilder {
         .header("content-type", "application/json")
 }
 
+/// `DELETE /mcp` of session `id`, as `token`'s holder.
+async fn end_session(server: &TestServer, token: &str, id: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .delete(format!("{}/mcp", server.url))
+        .bearer_auth(token)
+        .header("mcp-session-id", id)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("sent")
+}
+
 async fn still_up(server: &TestServer) {
     let health = reqwest::get(format!("{}/healthz", server.url)).await.expect("healthz");
     assert_eq!(health.status(), 200);
@@ -267,14 +279,7 @@ async fn another_principal_cannot_act_in_a_session() {
         .await
         .expect("sent");
     assert_eq!(stream.status(), 404, "another principal cannot listen to the session");
-    let delete = reqwest::Client::new()
-        .delete(format!("{}/mcp", server.url))
-        .bearer_auth(OTHER)
-        .header("mcp-session-id", &id)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(delete.status(), 404, "another principal cannot end the session");
+    assert_eq!(end_session(&server, OTHER, &id).await.status(), 404, "another principal cannot end the session");
     // The owner's file is untouched, and its session still works.
     let read = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
         "name": "read_file", "arguments": {"path": "owner.txt"}}});
@@ -283,15 +288,7 @@ async fn another_principal_cannot_act_in_a_session() {
     let body = back.text().await.expect("body");
     assert!(body.contains("the owner's") && !body.contains("overwritten"), "{body}");
     // Its own DELETE answers 200, as the spec's clients expect.
-    let closed = reqwest::Client::new()
-        .delete(format!("{}/mcp", server.url))
-        .bearer_auth(TOKEN)
-        .header("mcp-session-id", &id)
-        .header("mcp-protocol-version", "2025-06-18")
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(closed.status(), 200);
+    assert_eq!(end_session(&server, TOKEN, &id).await.status(), 200);
 
     // Legacy SSE: another principal posting to the owner's endpoint gets 404; the owner 202.
     let stream =
@@ -341,14 +338,6 @@ async fn sessions_are_capped_per_principal_and_in_all() {
     assert!(over.text().await.expect("body").contains("--max-sessions"));
 
     // Closing a session makes room again.
-    let closed = reqwest::Client::new()
-        .delete(format!("{}/mcp", server.url))
-        .bearer_auth(TOKEN)
-        .header("mcp-session-id", &first_id)
-        .header("mcp-protocol-version", "2025-06-18")
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(closed.status(), 200);
+    assert_eq!(end_session(&server, TOKEN, &first_id).await.status(), 200);
     assert_eq!(open(TOKEN).await.expect("sent").status(), 200, "room after a close");
 }
