@@ -68,6 +68,13 @@ impl McpHandler {
     ) -> Result<rmcp::model::CallToolResult, McpError> {
         let name = request.name.to_string();
         let started = Instant::now();
+        if let Some(principal) = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<crate::principal::Principal>())
+        {
+            self.session.bind(principal.clone());
+        }
         let progress =
             context.meta.get_progress_token().map(|token| PeerProgress { peer: context.peer.clone(), token });
         let ctx = ToolContext {

@@ -103,6 +103,8 @@ pub struct Call<'a> {
     /// Made by a guest of another call through its host tools: it runs on that call's slot
     /// (which waits for it) instead of queueing for one, which could deadlock.
     pub nested: bool,
+    /// Whom the call runs for (a principal): waiting calls are served fairly among shares.
+    pub share: String,
 }
 
 impl<'a> Call<'a> {
@@ -119,6 +121,7 @@ impl<'a> Call<'a> {
             cancel: CancellationToken::new(),
             host_tools: None,
             nested: false,
+            share: String::new(),
         }
     }
 }
@@ -242,7 +245,7 @@ impl Sandbox {
             available: self.runtime_names().join(", "),
         })?;
 
-        let _admitted = inner.admission.admit(call.nested).await?;
+        let _admitted = inner.admission.admit(call.nested, &call.share).await?;
         // Stop the guest if this future is dropped.
         let _stop_on_drop = call.cancel.clone().drop_guard();
 

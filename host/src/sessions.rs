@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::principal::Principal;
 use crate::workspace::{Quota, Workspace, WorkspaceError};
 
 /// Every session's folder lives under `root`, named by the session id.
@@ -63,6 +64,7 @@ impl Sessions {
             keep,
             inline_images,
             workspace: OnceLock::new(),
+            principal: OnceLock::new(),
             subscriptions: Mutex::new(BTreeSet::new()),
             shared: self.shared.clone(),
         })
@@ -126,6 +128,8 @@ pub struct Session {
     /// The client connected with `?images=inline`.
     pub inline_images: bool,
     workspace: OnceLock<Workspace>,
+    /// Whom the session acts for, from its first request that names one.
+    principal: OnceLock<Principal>,
     /// Resource URIs the client subscribed to.
     subscriptions: Mutex<BTreeSet<String>>,
     shared: Arc<Shared>,
@@ -146,6 +150,17 @@ impl Session {
     /// knows it may name the session) and so never logged above debug.
     pub fn log_tag(&self) -> String {
         crate::runtime::verify::sha256_bytes(self.id.as_bytes())[..8].to_string()
+    }
+
+    /// Binds the session to the principal it acts for (once: the transports refuse another
+    /// principal's requests before they get here).
+    pub fn bind(&self, principal: Principal) {
+        let _ = self.principal.set(principal);
+    }
+
+    /// Whom the session acts for.
+    pub fn principal(&self) -> Principal {
+        self.principal.get().cloned().unwrap_or_else(Principal::anonymous)
     }
 
     /// The workspace folder on the host.

@@ -311,3 +311,33 @@ async fn configured_roots_are_resources_and_read_only_mounts() {
     assert_eq!(text(&ran), "1\nPermissionError\n", "readable, not writable");
     assert!(!logs.path().join("new.txt").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_principals_queue_does_not_starve_another() {
+    let server = start_server(|s| s.server.tokens = vec!["greedy".into(), "modest".into()]).await;
+    let sandbox = server.app.services.sandbox.get().expect("ready");
+    let greedy = connect(&server.url, Some("greedy")).await;
+    let modest = connect(&server.url, Some("modest")).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Six 2-second loops from one principal on two slots: two run, four wait.
+    let loops: Vec<_> = (0..6)
+        .map(|_| {
+            let (greedy, done) = (&greedy, done.clone());
+            async move {
+                let result =
+                    call(greedy, "code_interpreter", json!({"code": "while True: pass", "timeout_s": 2})).await;
+                assert_eq!(structured(&result)["status"], "timeout");
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .collect();
+    let print = async {
+        wait_for_stats(&sandbox, |s| s.running == 2 && s.waiting == 4, "the loops never queued").await;
+        let printed = call(&modest, "code_interpreter", json!({"code": "print('served')"})).await;
+        assert_eq!(text(&printed), "served\n");
+        // Served by the second slot to free up, not behind the four queued loops.
+        done.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let (_, loops_done_before) = tokio::join!(futures::future::join_all(loops), print);
+    assert!(loops_done_before <= 3, "the print waited for {loops_done_before} of the other principal's loops");
+}

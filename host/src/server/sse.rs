@@ -84,6 +84,7 @@ pub async fn open(
     legacy.owners.admit(&owner).await.map_err(Refusal::into_response)?;
     let inline = uri.query().is_some_and(asks_for_inline_images);
     let session = legacy.app.sessions.open(inline);
+    session.bind(owner.clone());
     let id = session.id.clone();
     let (to_server, from_client) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL);
     let (to_client, from_server) = mpsc::channel(CHANNEL);

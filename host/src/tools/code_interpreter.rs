@@ -90,6 +90,7 @@ impl Tool for CodeInterpreter {
         let run = sandbox.run(Call {
             roots: ctx.services.roots.clone(),
             cancel: ctx.cancel.clone(),
+            share: ctx.session.principal().to_string(),
             host_tools: CodeMode::for_run(ctx.services, ctx.session, &ctx.cancel)
                 .map(|door| door as Arc<dyn HostTools>),
             ..Call::new(args.code, workspace, limits)

@@ -232,6 +232,7 @@ impl Tool for OrgTool {
                 roots,
                 cancel: ctx.cancel.clone(),
                 nested: ctx.deadline.is_some(),
+                share: ctx.session.principal().to_string(),
                 ..Call::new(DRIVER.to_string(), workspace, limits)
             })
             .await?;
