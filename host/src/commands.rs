@@ -15,21 +15,26 @@ use anyhow::{Context, Result};
 use crate::app::App;
 use crate::config::Settings;
 use crate::progress::Progress;
-use crate::runtime::{self, Cache, manifest};
+use crate::runtime::{self, Cache, InstalledRuntime, manifest};
 use crate::sandbox::Sandbox;
 
 /// The named runtimes made ready (fetched and verified when needed), and a sandbox started on
 /// them (compiling each module on first use).
 pub fn start_sandbox(settings: &Settings, names: &[String], progress: &Progress) -> Result<Sandbox> {
+    let installed = ensure_runtimes(settings, names, progress)?;
+    Sandbox::start(settings.sandbox.clone(), &installed, &Cache::new(&settings.cache_dir), progress)
+}
+
+/// The named runtimes, fetched and verified when needed.
+pub fn ensure_runtimes(settings: &Settings, names: &[String], progress: &Progress) -> Result<Vec<InstalledRuntime>> {
     let cache = Cache::new(&settings.cache_dir);
-    let mut installed = Vec::new();
-    for name in names {
-        let manifest = known_runtime(name)?;
-        let ready =
-            runtime::ensure(&manifest, &cache, progress).with_context(|| format!("runtime {name} is not ready"))?;
-        installed.push(ready);
-    }
-    Sandbox::start(settings.sandbox.clone(), &installed, &cache, progress)
+    names
+        .iter()
+        .map(|name| {
+            let manifest = known_runtime(name)?;
+            runtime::ensure(&manifest, &cache, progress).with_context(|| format!("runtime {name} is not ready"))
+        })
+        .collect()
 }
 
 /// The manifest of a runtime toolhost ships, or an error listing those it has.
@@ -54,8 +59,9 @@ pub fn start_app(settings: &Settings) -> Result<(Arc<App>, tokio::task::JoinHand
     let settings = settings.clone();
     let ready = tokio::task::spawn_blocking(move || {
         let names = vec![settings.sandbox.default_runtime.clone()];
-        let started = prepare::in_child_if_cold(&settings, &names)
-            .and_then(|()| start_sandbox(&settings, &names, &Progress::log()));
+        let started = prepare::in_child_if_cold(&settings, &names).and_then(|installed| {
+            Sandbox::start(settings.sandbox.clone(), &installed, &Cache::new(&settings.cache_dir), &Progress::log())
+        });
         match started {
             Ok(sandbox) => {
                 preparing.services.sandbox.set(sandbox);

@@ -267,18 +267,17 @@ fn to_mcp_tool(definition: &ToolDefinition) -> Tool {
     };
     let mut tool = Tool::new(definition.name.clone(), definition.description.clone(), object(&definition.input_schema))
         .with_title(definition.title.clone())
-        .with_annotations(annotations(definition.hints));
+        .with_annotations(
+            ToolAnnotations::new()
+                .read_only(definition.hints.read_only)
+                .destructive(definition.hints.destructive)
+                .idempotent(definition.hints.idempotent)
+                .open_world(definition.hints.open_world),
+        );
     if let Some(output) = &definition.output_schema {
         tool = tool.with_raw_output_schema(object(output));
     }
     tool
-}
-
-/// A tool's hints as MCP annotations.
-fn annotations(hints: crate::tools::Hints) -> ToolAnnotations {
-    let pairs: serde_json::Map<String, serde_json::Value> =
-        hints.annotations().into_iter().map(|(key, set)| (key.to_string(), serde_json::Value::Bool(set))).collect();
-    serde_json::from_value(serde_json::Value::Object(pairs)).unwrap_or_default()
 }
 
 /// Progress notifications to the client that asked for them.

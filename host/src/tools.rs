@@ -50,8 +50,8 @@ pub struct Hints {
 }
 
 impl Hints {
-    /// The annotations as MCP names them, each with its value (`tools/list`, and code mode's
-    /// `list`).
+    /// The annotations as MCP names them, each with its value (code mode's `list`; `tools/list`
+    /// gets them through rmcp's typed `ToolAnnotations`).
     pub fn annotations(&self) -> [(&'static str, bool); 4] {
         [
             ("readOnlyHint", self.read_only),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::progress::Progress;
-use crate::runtime::{self, Cache};
+use crate::runtime::{Cache, InstalledRuntime};
 use crate::sandbox::{self, SandboxConfig};
 
 /// What the child prepares.
@@ -21,21 +21,19 @@ struct Request {
     runtimes: Vec<String>,
 }
 
-/// Runs `toolhost prepare` for `names` unless the cache already holds everything they need.
-pub fn in_child_if_cold(settings: &Settings, names: &[String]) -> Result<()> {
+/// The named runtimes, ready to start: when the cache lacks anything `Sandbox::start` would
+/// build or compile for them (or a runtime is not fetched yet), `toolhost prepare` fills it
+/// first, in a child process.
+pub fn in_child_if_cold(settings: &Settings, names: &[String]) -> Result<Vec<InstalledRuntime>> {
     let cache = Cache::new(&settings.cache_dir);
-    let mut installed = Vec::new();
-    for name in names {
-        match runtime::ensure(&super::known_runtime(name)?, &cache, &Progress::quiet()) {
-            Ok(ready) => installed.push(ready),
-            // Not fetched yet, or damaged: the child fetches it.
-            Err(_) => return spawn(settings, names),
-        }
+    // Not fetched yet, or damaged: the child fetches it.
+    if let Ok(installed) = super::ensure_runtimes(settings, names, &Progress::quiet())
+        && sandbox::is_warm(&settings.sandbox, &installed, &cache)?
+    {
+        return Ok(installed);
     }
-    if sandbox::is_warm(&settings.sandbox, &installed, &cache)? {
-        return Ok(());
-    }
-    spawn(settings, names)
+    spawn(settings, names)?;
+    super::ensure_runtimes(settings, names, &Progress::log())
 }
 
 fn spawn(settings: &Settings, names: &[String]) -> Result<()> {

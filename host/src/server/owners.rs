@@ -96,6 +96,11 @@ impl Owners {
         lock(&self.inner.legacy).insert(id.to_string(), principal);
     }
 
+    /// Whether `principal` opened the legacy session `id` (false for one that is closed).
+    pub fn owns_legacy(&self, id: &str, principal: &Principal) -> bool {
+        lock(&self.inner.legacy).get(id) == Some(principal)
+    }
+
     pub fn forget_legacy(&self, id: &str) {
         lock(&self.inner.legacy).remove(id);
     }

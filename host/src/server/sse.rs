@@ -29,21 +29,14 @@ use crate::principal::Principal;
 /// Messages buffered per direction per session.
 const CHANNEL: usize = 64;
 
-/// The open legacy sessions: each id with the sender that feeds its handler and its owner.
+/// The open legacy sessions: each id with the sender that feeds its handler.
 #[derive(Clone)]
 pub struct Legacy {
     app: Arc<App>,
-    open: Arc<Mutex<HashMap<String, Open>>>,
+    open: Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>,
     shutdown: CancellationToken,
-    /// Counts this transport's sessions against the caps.
+    /// Who owns each session (only its owner may post to it), counted against the caps.
     owners: Owners,
-}
-
-/// One open session.
-struct Open {
-    sender: mpsc::Sender<ClientJsonRpcMessage>,
-    /// The principal whose `GET /sse` opened it: only it may post to it.
-    owner: Principal,
 }
 
 impl Legacy {
@@ -53,8 +46,10 @@ impl Legacy {
 
     /// The sender of `principal`'s session `id`; `None` for another principal's, as for none.
     fn sender(&self, id: &str, principal: &Principal) -> Option<mpsc::Sender<ClientJsonRpcMessage>> {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(id).filter(|session| session.owner == *principal).map(|session| session.sender.clone())
+        if !self.owners.owns_legacy(id, principal) {
+            return None;
+        }
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 }
 
@@ -62,7 +57,7 @@ impl Legacy {
 /// the handler's input and so the session.
 struct Closer {
     id: String,
-    open: Arc<Mutex<HashMap<String, Open>>>,
+    open: Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>,
     owners: Owners,
 }
 
@@ -88,8 +83,8 @@ pub async fn open(
     let id = session.id.clone();
     let (to_server, from_client) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL);
     let (to_client, from_server) = mpsc::channel(CHANNEL);
-    legacy.owners.record_legacy(&id, owner.clone());
-    legacy.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Open { sender: to_server, owner });
+    legacy.owners.record_legacy(&id, owner);
+    legacy.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), to_server);
 
     let handler = McpHandler::new(legacy.app.clone(), session);
     let stop = legacy.shutdown.child_token();
