@@ -283,6 +283,10 @@ pub struct LimitArgs {
     #[arg(long, env = "TOOLHOST_WORKSPACE_FILES", value_name = "COUNT")]
     pub workspace_files: Option<u64>,
 
+    /// What one call's /tmp may hold, in MiB. Default 128.
+    #[arg(long, env = "TOOLHOST_TMP_MB", value_name = "MIB")]
+    pub tmp_mb: Option<u64>,
+
     /// Guests running at once. Default: the number of cores.
     #[arg(long, env = "TOOLHOST_MAX_CONCURRENCY", value_name = "N")]
     pub max_concurrency: Option<usize>,
@@ -290,6 +294,11 @@ pub struct LimitArgs {
     /// Calls that may wait for a free slot before new ones are refused as busy. Default 64.
     #[arg(long, env = "TOOLHOST_QUEUE_DEPTH", value_name = "N")]
     pub queue_depth: Option<usize>,
+
+    /// Calls one principal (a token, an OAuth subject) may have running and waiting at once;
+    /// one more is refused as busy. Default 16.
+    #[arg(long, env = "TOOLHOST_MAX_CALLS_PER_PRINCIPAL", value_name = "N")]
+    pub max_calls_per_principal: Option<usize>,
 
     /// Run the python runtime from its stock module instead of a snapshot with the preload
     /// already imported (slower calls; no snapshot to build on first start).

@@ -173,6 +173,8 @@ pub struct LimitsFile {
     pub workspace_mb: Option<u64>,
     /// Workspace quota per session, in files and folders. Flag `--workspace-files`. Default 2000.
     pub workspace_files: Option<u64>,
+    /// What a call's `/tmp` may hold, in MiB. Flag `--tmp-mb`. Default 128.
+    pub tmp_mb: Option<u64>,
 }
 
 /// The sandbox's capacity and runtimes.
@@ -184,6 +186,9 @@ pub struct SandboxFile {
     /// Calls waiting for a free slot; one more is refused as busy. Flag `--queue-depth`.
     /// Default 64.
     pub queue_depth: Option<usize>,
+    /// Calls one principal may have running and waiting at once; one more is refused as busy.
+    /// Flag `--max-calls-per-principal`. Default 16.
+    pub max_calls_per_principal: Option<usize>,
     /// The runtime calls use: `python` or `python-lite`. Default `python`.
     pub default_runtime: Option<String>,
     /// Run from a pre-initialized snapshot with the preload imported. Flag `--no-snapshot`
@@ -291,6 +296,8 @@ impl Settings {
                 "workspace files",
                 flags.workspace_files.or(limits_file.workspace_files).unwrap_or(defaults.workspace_files),
             )?,
+            tmp_bytes: positive("tmp MiB", flags.tmp_mb.or(limits_file.tmp_mb).unwrap_or(defaults.tmp_bytes >> 20))?
+                << 20,
         };
         if limits.result_output_bytes > 256 << 10 {
             bail!("result output bytes must be at most 256 KiB so every result stays under 512 KiB");
@@ -302,6 +309,13 @@ impl Settings {
                 flags.max_concurrency.or(file.sandbox.max_concurrency).unwrap_or(sandbox_defaults.max_concurrency),
             )?,
             queue_depth: flags.queue_depth.or(file.sandbox.queue_depth).unwrap_or(sandbox_defaults.queue_depth),
+            max_calls_per_principal: positive(
+                "max calls per principal",
+                flags
+                    .max_calls_per_principal
+                    .or(file.sandbox.max_calls_per_principal)
+                    .unwrap_or(sandbox_defaults.max_calls_per_principal),
+            )?,
             default_runtime: file.sandbox.default_runtime.clone().unwrap_or(sandbox_defaults.default_runtime),
             snapshot: !flags.no_snapshot && file.sandbox.snapshot.unwrap_or(true),
             preload: if flags.preload.is_empty() {

@@ -36,7 +36,7 @@ pub use readiness::{NotReady, Readiness};
 
 use crate::progress::Progress;
 use crate::runtime::{Cache, InstalledRuntime};
-use crate::workspace::Workspace;
+use crate::workspace::{Ledger, Quota, Workspace};
 
 /// How long past its deadline a guest blocked in a host call (e.g. `time.sleep`) may take to
 /// notice, before its call is dropped.
@@ -57,6 +57,8 @@ pub struct SandboxConfig {
     pub max_concurrency: usize,
     /// Calls waiting for a free slot; one more is refused as busy.
     pub queue_depth: usize,
+    /// Calls one principal may have running and waiting at once; one more is refused as busy.
+    pub max_calls_per_principal: usize,
     /// The runtime a call gets when it names none.
     pub default_runtime: String,
     /// Run reactor runtimes from a pre-initialized snapshot with `preload` imported.
@@ -76,6 +78,7 @@ impl Default for SandboxConfig {
             limits: Limits::default(),
             max_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue_depth: 64,
+            max_calls_per_principal: 16,
             default_runtime: crate::runtime::manifest::DEFAULT_RUNTIME.to_string(),
             snapshot: true,
             preload: default_preload(),
@@ -127,12 +130,33 @@ impl<'a> Call<'a> {
 }
 
 /// Every slot is taken and the queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the sandbox is busy: {running} calls are running and {waiting} are waiting; retry shortly")]
+/// A call refused at admission: the queue is full, or its principal is at its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy {
     pub running: usize,
     pub waiting: usize,
+    /// The principal's cap, when that is what refused the call.
+    pub per_principal: Option<usize>,
 }
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.per_principal {
+            Some(cap) => write!(
+                f,
+                "you already have {cap} calls running or waiting, the most one principal may have \
+                 (max_calls_per_principal); wait for one to finish"
+            ),
+            None => write!(
+                f,
+                "the sandbox is busy: {} calls are running and {} are waiting; retry shortly",
+                self.running, self.waiting
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Busy {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -208,7 +232,11 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 engine,
                 runtimes: prepared,
-                admission: admission::Admission::new(config.max_concurrency, config.queue_depth),
+                admission: admission::Admission::new(
+                    config.max_concurrency,
+                    config.queue_depth,
+                    config.max_calls_per_principal,
+                ),
                 config,
                 calls: AtomicU64::new(0),
                 executor: Executor(Some(executor)),
@@ -252,11 +280,14 @@ impl Sandbox {
         let call_id = self.next_call_id();
         let workspace = call.workspace;
         let before = workspace.index().context("cannot index the workspace")?;
+        let _in_use = workspace.ledger().enter(Some((before.bytes(), before.count())));
         let scratch = tempfile::Builder::new()
             .prefix("toolhost-tmp-")
             .tempdir()
             .context("cannot create the call's scratch folder")?;
         let limits = call.limits;
+        let tmp_ledger = Ledger::new(Quota { bytes: limits.tmp_bytes, files: limits.workspace_files }, 0, 0);
+        let refusals_before = workspace.ledger().refusals();
         let stdout = output::Capture::new(limits.output_bytes);
         let stderr = output::Capture::new(limits.output_bytes);
         let memory_denied = Arc::new(AtomicBool::new(false));
@@ -268,7 +299,9 @@ impl Sandbox {
             stdin: call.stdin,
             workspace: workspace.host_path().to_path_buf(),
             workspace_read_only: call.workspace_read_only,
+            workspace_budget: Some(workspace.ledger().clone()),
             scratch: scratch.path().to_path_buf(),
+            scratch_budget: Some(tmp_ledger.clone()),
             roots: call.roots,
             limits,
             deadline,
@@ -298,6 +331,11 @@ impl Sandbox {
             memory_denied: memory_denied.load(Ordering::Relaxed),
             duration,
             limits,
+            refused: refused_in_words(
+                workspace.ledger().refusals() > refusals_before,
+                tmp_ledger.refusals() > 0,
+                &limits,
+            ),
         };
         Ok(finished.into_outcome(workspace, &before))
     }
@@ -307,6 +345,22 @@ impl Sandbox {
         let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         format!("call-{millis:x}-{n}")
     }
+}
+
+/// Which quotas refused a write during a call, as the result says it.
+fn refused_in_words(workspace: bool, tmp: bool, limits: &Limits) -> Option<String> {
+    let mut said = Vec::new();
+    if workspace {
+        said.push(format!(
+            "the workspace quota ({} MiB in {} files and folders) refused a write: delete files, or write less",
+            limits.workspace_bytes >> 20,
+            limits.workspace_files
+        ));
+    }
+    if tmp {
+        said.push(format!("the /tmp quota ({} MiB per call) refused a write", limits.tmp_bytes >> 20));
+    }
+    (!said.is_empty()).then(|| said.join("; "))
 }
 
 /// Runs a guest on the sandbox's threads. Its deadline and cancellation are checked at every

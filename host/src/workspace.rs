@@ -1,18 +1,20 @@
 //! A session's files: the folder the guest sees as `/workspace` and the file tools work on.
 //! Every path from outside is resolved here, relative to the workspace, and every access goes
 //! through a cap-std `Dir`, so `..`, absolute paths and symlinks (even ones guest code made)
-//! cannot reach a file outside it. Writes are atomic and held to the byte and file quotas.
+//! cannot reach a file outside it. Writes are atomic and held to the byte and file quotas by
+//! the workspace's ledger, which the guest's own writes draw on too.
+
+mod ledger;
+pub use ledger::{InUse, Ledger, Refused};
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
-
-/// How far the guest's folder tree is walked; deeper entries are neither listed nor counted.
-const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -107,15 +109,6 @@ impl Index {
             .map(|(path, e)| (path.as_str(), e))
             .collect()
     }
-
-    /// The files that did not exist in `before`.
-    pub fn created_since<'a>(&'a self, before: &Index) -> Vec<&'a str> {
-        self.entries
-            .iter()
-            .filter(|(path, e)| e.kind == Kind::File && !before.entries.contains_key(*path))
-            .map(|(path, _)| path.as_str())
-            .collect()
-    }
 }
 
 /// An opened workspace folder.
@@ -123,24 +116,34 @@ impl Index {
 pub struct Workspace {
     root: PathBuf,
     dir: Dir,
-    quota: Quota,
+    ledger: Arc<Ledger>,
     read_only: bool,
 }
 
 impl Workspace {
-    /// Opens (creating if needed) the workspace folder at `root` on the host.
+    /// Opens (creating if needed) the workspace folder at `root` on the host, measuring what it
+    /// holds.
     pub fn open(root: impl Into<PathBuf>, quota: Quota) -> io::Result<Workspace> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
-        Ok(Workspace { root, dir, quota, read_only: false })
+        let mut index = Index::default();
+        walk(&dir, &mut index)?;
+        let ledger = Ledger::new(quota, index.bytes(), index.count());
+        Ok(Workspace { root, dir, ledger, read_only: false })
     }
 
     /// Opens an existing folder that is only listed and read (a configured resource root).
     pub fn open_read_only(root: impl Into<PathBuf>) -> io::Result<Workspace> {
         let root = root.into();
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
-        Ok(Workspace { root, dir, quota: Quota { bytes: 0, files: 0 }, read_only: true })
+        let ledger = Ledger::new(Quota { bytes: 0, files: 0 }, 0, 0);
+        Ok(Workspace { root, dir, ledger, read_only: true })
+    }
+
+    /// What the workspace holds against its quota; every write draws on it.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     /// The host folder, to preopen as `/workspace`.
@@ -149,13 +152,13 @@ impl Workspace {
     }
 
     pub fn quota(&self) -> Quota {
-        self.quota
+        self.ledger.quota()
     }
 
     /// Walks the workspace without following links.
     pub fn index(&self) -> io::Result<Index> {
         let mut index = Index::default();
-        walk(&self.dir, "", 0, &mut index)?;
+        walk(&self.dir, &mut index)?;
         Ok(index)
     }
 
@@ -187,33 +190,48 @@ impl Workspace {
         let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             return Err(WorkspaceError::PathEscapes { path: path.into(), reason: "it names no file" });
         };
-        let index = self.index().map_err(|e| WorkspaceError::io(&shown, e))?;
-        let existing = index.entries.get(&shown);
-        if existing.is_some_and(|e| e.kind == Kind::Dir) {
+        let _in_use = self.ledger.enter(None);
+        let existing = self.dir.symlink_metadata(&rel).ok();
+        if existing.as_ref().is_some_and(|m| m.is_dir()) {
             return Err(WorkspaceError::IsAFolder { path: shown });
         }
-        let old = existing.filter(|e| e.kind == Kind::File).map_or(0, |e| e.size);
-        let after_bytes = index.bytes() - old + bytes.len() as u64;
-        if after_bytes > self.quota.bytes {
-            return Err(WorkspaceError::QuotaExceeded {
-                what: format!("{after_bytes} bytes after writing {shown}"),
-                limit: format!("{} bytes", self.quota.bytes),
-            });
-        }
+        let old = existing.as_ref().filter(|m| m.is_file()).map_or(0, |m| m.len());
         let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
-        let new_entries = u64::from(existing.is_none()) + parent.map_or(0, |p| missing_folders(&index, p));
-        if index.count() + new_entries > self.quota.files {
-            return Err(WorkspaceError::QuotaExceeded {
-                what: format!("{} files and folders", index.count() + new_entries),
-                limit: format!("{} files", self.quota.files),
-            });
+        let new_entries = u64::from(existing.is_none()) + parent.map_or(0, |p| self.missing_folders(p));
+        let new = bytes.len() as u64;
+        self.ledger.take(new.saturating_sub(old), new_entries).map_err(|refused| WorkspaceError::QuotaExceeded {
+            what: format!("{} after writing {shown}", refused.what),
+            limit: refused.limit,
+        })?;
+        let written = self.replace(parent, &name, bytes);
+        match &written {
+            Ok(()) => self.ledger.give(old.saturating_sub(new), 0),
+            Err(_) => self.ledger.give(new.saturating_sub(old), new_entries),
         }
+        written.map(|()| new).map_err(|e| WorkspaceError::io(&shown, e))
+    }
+
+    /// The folders of `parent` (relative) that do not exist yet.
+    fn missing_folders(&self, parent: &Path) -> u64 {
+        let mut missing = 0;
+        let mut prefix = PathBuf::new();
+        for part in parent.components() {
+            prefix.push(part);
+            if missing > 0 || self.dir.symlink_metadata(&prefix).is_err() {
+                missing += 1;
+            }
+        }
+        missing
+    }
+
+    /// Puts `bytes` at `rel` through a temp file beside it and a rename.
+    fn replace(&self, parent: Option<&Path>, name: &str, bytes: &[u8]) -> io::Result<()> {
         let folder = match parent {
             Some(p) => {
-                self.dir.create_dir_all(p).map_err(|e| WorkspaceError::io(&shown, e))?;
-                self.dir.open_dir(p).map_err(|e| WorkspaceError::io(&shown, e))?
+                self.dir.create_dir_all(p)?;
+                self.dir.open_dir(p)?
             }
-            None => self.dir.try_clone().map_err(|e| WorkspaceError::io(&shown, e))?,
+            None => self.dir.try_clone()?,
         };
         // Unique per write: two writes of one path at once must not share (or delete) a temp file.
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -225,11 +243,10 @@ impl Workspace {
             file.sync_all()?;
             folder.rename(&tmp, &folder, &name)
         })();
-        if let Err(e) = written {
+        if written.is_err() {
             let _ = folder.remove_file(&tmp);
-            return Err(WorkspaceError::io(&shown, e));
         }
-        Ok(bytes.len() as u64)
+        written
     }
 
     /// Deletes a file, a link, or an empty folder.
@@ -246,11 +263,14 @@ impl Workspace {
             });
         }
         let meta = self.dir.symlink_metadata(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+        let _in_use = self.ledger.enter(None);
         if meta.is_dir() {
             self.dir.remove_dir(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+            self.ledger.give(0, 1);
             Ok(Kind::Dir)
         } else {
             self.dir.remove_file(&rel).map_err(|e| WorkspaceError::io(&shown, e))?;
+            self.ledger.give(if meta.is_file() { meta.len() } else { 0 }, 1);
             Ok(if meta.file_type().is_symlink() { Kind::Symlink } else { Kind::File })
         }
     }
@@ -284,13 +304,6 @@ impl Workspace {
         Ok(found)
     }
 
-    /// Removes the files this call created, newest state first; used when a call leaves the
-    /// workspace over its quota.
-    pub fn remove_files(&self, paths: &[&str]) {
-        for path in paths {
-            let _ = self.dir.remove_file(path);
-        }
-    }
 }
 
 /// Resolves a path from outside (a tool argument, a resource URI's path) to one relative to
@@ -350,18 +363,6 @@ pub fn uri_under(prefix: &str, path: &str) -> String {
     format!("file:///{prefix}/{}", encoded.join("/"))
 }
 
-fn missing_folders(index: &Index, parent: &Path) -> u64 {
-    let mut missing = 0;
-    let mut prefix = PathBuf::new();
-    for part in parent.components() {
-        prefix.push(part);
-        if !index.entries.contains_key(&display(&prefix)) {
-            missing += 1;
-        }
-    }
-    missing
-}
-
 fn entry_of(entry: &cap_std::fs::DirEntry) -> io::Result<Entry> {
     let kind = entry.file_type()?;
     let meta = entry.metadata()?;
@@ -390,19 +391,21 @@ fn is_in_flight(name: &str) -> bool {
     numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
 }
 
-fn walk(dir: &Dir, prefix: &str, depth: usize, index: &mut Index) -> io::Result<()> {
-    for entry in dir.entries()? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-        let Ok(found) = entry_of(&entry) else { continue };
-        let is_dir = found.kind == Kind::Dir;
-        index.entries.insert(path.clone(), found);
-        if is_dir
-            && depth < MAX_DEPTH
-            && let Ok(sub) = dir.open_dir(&name)
-        {
-            walk(&sub, &path, depth + 1, index)?;
+/// Every entry under `root`, at any depth, without following links (a loop, not recursion: a
+/// tree made from outside may be deeper than any stack).
+fn walk(root: &Dir, index: &mut Index) -> io::Result<()> {
+    let mut folders = vec![(root.try_clone()?, String::new())];
+    while let Some((dir, prefix)) = folders.pop() {
+        for entry in dir.entries()? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let Ok(found) = entry_of(&entry) else { continue };
+            let is_dir = found.kind == Kind::Dir;
+            index.entries.insert(path.clone(), found);
+            if is_dir && let Ok(sub) = dir.open_dir(&name) {
+                folders.push((sub, path));
+            }
         }
     }
     Ok(())
@@ -508,7 +511,6 @@ mod tests {
         let after = ws.index().expect("index");
         let changed: Vec<_> = after.changed_since(&before).into_iter().map(|(p, _)| p).collect();
         assert_eq!(changed, ["change.txt", "new/file.txt"]);
-        assert_eq!(after.created_since(&before), ["new/file.txt"]);
         assert_eq!(after.bytes(), 4);
     }
 }

@@ -14,5 +14,6 @@ mod mcp_http;
 mod org_tools;
 mod packages;
 mod python_clients;
+mod quotas;
 mod runtimes;
 mod support;

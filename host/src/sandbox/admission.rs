@@ -1,5 +1,6 @@
 //! Admission: at most `max_concurrency` guests run at once; up to `queue_depth` more wait, and
-//! one more is refused as `Busy`. Waiting calls are served fairly among their shares (the
+//! one more is refused as `Busy`, as is a call past its principal's cap of calls running and
+//! waiting (`max_calls_per_principal`). Waiting calls are served fairly among their shares (the
 //! principal a call runs for): a freed slot goes to the next share in turn, first come first
 //! served within a share, so one principal's queue cannot starve another's. A call made by a
 //! running guest (code mode) uses its caller's slot instead, so nesting cannot deadlock. The
@@ -15,6 +16,7 @@ use super::{Busy, SandboxStats};
 pub(super) struct Admission {
     slots: Arc<Mutex<Slots>>,
     queue_depth: usize,
+    per_share: usize,
     stats: watch::Sender<SandboxStats>,
 }
 
@@ -24,6 +26,14 @@ struct Slots {
     waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<Slot>>>,
     /// Shares with someone waiting, in the order they are served.
     turn: VecDeque<Arc<str>>,
+    /// Calls waiting, counted here (not from the stats) so the queue's bound is exact.
+    queued: usize,
+    /// Calls running or waiting, by share.
+    calls: HashMap<Arc<str>, usize>,
+}
+
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A slot held: given back (or handed to the next waiter in turn) when dropped.
@@ -35,7 +45,7 @@ pub(super) struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let Some(owner) = self.slots.take() else { return };
-        let mut slots = owner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = lock(&owner);
         while let Some(share) = slots.turn.pop_front() {
             let queue = slots.waiting.get_mut(&share).expect("a share in turn has a queue");
             let next = queue.pop_front();
@@ -57,20 +67,61 @@ impl Drop for Slot {
     }
 }
 
-/// A call let in: holds its slot (unless nested) and counts as running until dropped.
+/// A call let in: holds its slot (unless nested), counts as running and against its share's
+/// cap until dropped.
 pub(super) struct Admitted<'a> {
     _slot: Option<Slot>,
     _running: Counted<'a>,
+    _share: Option<ShareCall>,
+}
+
+/// One call of a share, running or waiting, counted against the share's cap until dropped.
+struct ShareCall {
+    slots: Arc<Mutex<Slots>>,
+    share: Arc<str>,
+}
+
+impl Drop for ShareCall {
+    fn drop(&mut self) {
+        let mut slots = lock(&self.slots);
+        if let Some(n) = slots.calls.get_mut(&self.share) {
+            *n -= 1;
+            if *n == 0 {
+                slots.calls.remove(&self.share);
+            }
+        }
+    }
+}
+
+/// A call waiting, counted against the queue's bound until dropped (served or given up).
+struct Queued(Arc<Mutex<Slots>>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        lock(&self.0).queued -= 1;
+    }
 }
 
 impl Admission {
-    pub(super) fn new(max_concurrency: usize, queue_depth: usize) -> Admission {
-        let slots = Slots { free: max_concurrency.max(1), waiting: HashMap::new(), turn: VecDeque::new() };
+    pub(super) fn new(max_concurrency: usize, queue_depth: usize, per_share: usize) -> Admission {
+        let slots = Slots {
+            free: max_concurrency.max(1),
+            waiting: HashMap::new(),
+            turn: VecDeque::new(),
+            queued: 0,
+            calls: HashMap::new(),
+        };
         Admission {
             slots: Arc::new(Mutex::new(slots)),
             queue_depth,
+            per_share: per_share.max(1),
             stats: watch::Sender::new(SandboxStats::default()),
         }
+    }
+
+    fn busy(&self, per_principal: Option<usize>) -> Busy {
+        let stats = self.stats();
+        Busy { running: stats.running, waiting: stats.waiting, per_principal }
     }
 
     pub(super) fn stats(&self) -> SandboxStats {
@@ -81,49 +132,62 @@ impl Admission {
         self.stats.subscribe()
     }
 
-    /// Waits for a slot in `share`'s turn (none for a `nested` call), or refuses when the
-    /// queue is full.
+    /// Waits for a slot in `share`'s turn (none for a `nested` call, which also does not count
+    /// against the cap), or refuses when the queue is full or the share at its cap.
     pub(super) async fn admit(&self, nested: bool, share: &str) -> Result<Admitted<'_>, Busy> {
-        let slot = if nested {
-            None
-        } else {
-            let waiting = {
-                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-                if slots.free > 0 && slots.turn.is_empty() {
-                    slots.free -= 1;
-                    None
-                } else {
-                    let stats = self.stats();
-                    if stats.waiting >= self.queue_depth {
-                        return Err(Busy { running: stats.running, waiting: stats.waiting });
-                    }
-                    let (sender, receiver) = oneshot::channel();
-                    let share: Arc<str> = share.into();
-                    let slots = &mut *slots;
-                    let queue = slots.waiting.entry(share.clone()).or_default();
-                    if queue.is_empty() {
-                        slots.turn.push_back(share);
-                    }
-                    queue.push_back(sender);
-                    Some(receiver)
+        if nested {
+            return Ok(Admitted {
+                _slot: None,
+                _running: Counted::new(&self.stats, |s| &mut s.running),
+                _share: None,
+            });
+        }
+        let share: Arc<str> = share.into();
+        let (counted, waiting) = {
+            let mut slots = lock(&self.slots);
+            let calls = slots.calls.get(&share).copied().unwrap_or(0);
+            if calls >= self.per_share {
+                return Err(self.busy(Some(self.per_share)));
+            }
+            let free_now = slots.free > 0 && slots.turn.is_empty();
+            if !free_now && slots.queued >= self.queue_depth {
+                return Err(self.busy(None));
+            }
+            *slots.calls.entry(share.clone()).or_default() += 1;
+            let counted = ShareCall { slots: self.slots.clone(), share: share.clone() };
+            if free_now {
+                slots.free -= 1;
+                (counted, None)
+            } else {
+                let (sender, receiver) = oneshot::channel();
+                let slots = &mut *slots;
+                slots.queued += 1;
+                let queue = slots.waiting.entry(share.clone()).or_default();
+                if queue.is_empty() {
+                    slots.turn.push_back(share);
                 }
-            };
-            match waiting {
-                None => Some(Slot { slots: Some(self.slots.clone()) }),
-                Some(receiver) => {
-                    let _waiting = Counted::new(&self.stats, |s| &mut s.waiting);
-                    match receiver.await {
-                        Ok(slot) => Some(slot),
-                        // Only a sandbox going away drops a waiter unserved.
-                        Err(_) => {
-                            let stats = self.stats();
-                            return Err(Busy { running: stats.running, waiting: stats.waiting });
-                        }
-                    }
+                queue.push_back(sender);
+                (counted, Some((receiver, Queued(self.slots.clone()))))
+            }
+        };
+        let slot = match waiting {
+            None => Slot { slots: Some(self.slots.clone()) },
+            Some((receiver, queued)) => {
+                let _waiting = Counted::new(&self.stats, |s| &mut s.waiting);
+                let served = receiver.await;
+                drop(queued);
+                match served {
+                    Ok(slot) => slot,
+                    // Only a sandbox going away drops a waiter unserved.
+                    Err(_) => return Err(self.busy(None)),
                 }
             }
         };
-        Ok(Admitted { _slot: slot, _running: Counted::new(&self.stats, |s| &mut s.running) })
+        Ok(Admitted {
+            _slot: Some(slot),
+            _running: Counted::new(&self.stats, |s| &mut s.running),
+            _share: Some(counted),
+        })
     }
 }
 
@@ -153,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_next_share_in_turn() {
-        let admission = Arc::new(Admission::new(1, 16));
+        let admission = Arc::new(Admission::new(1, 16, 16));
         let first = admission.admit(false, "a").await.expect("a free slot");
         let (order, mut served) = tokio::sync::mpsc::unbounded_channel();
         let mut waiters = Vec::new();
@@ -182,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_that_gives_up_hands_its_slot_on() {
-        let admission = Arc::new(Admission::new(1, 16));
+        let admission = Arc::new(Admission::new(1, 16, 16));
         let first = admission.admit(false, "a").await.expect("a free slot");
         let quitter = {
             let admission = admission.clone();
@@ -204,5 +268,48 @@ mod tests {
             .expect("task")
             .expect("admitted");
         assert_eq!(admission.stats(), SandboxStats::default());
+    }
+
+    #[tokio::test]
+    async fn a_share_past_its_cap_is_refused_and_others_are_not() {
+        let admission = Arc::new(Admission::new(1, 16, 2));
+        let running = admission.admit(false, "a").await.expect("a free slot");
+        let waiter = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.admit(false, "a").await.map(|_| ()) })
+        };
+        let mut stats = admission.watch();
+        let _ = stats.wait_for(|s| s.waiting == 1).await;
+        let refused = admission.admit(false, "a").await.map(|_| ()).expect_err("a third call of a");
+        assert_eq!(refused.per_principal, Some(2));
+        assert!(refused.to_string().contains("2 calls"), "{refused}");
+        let other = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.admit(false, "b").await.map(|_| ()) })
+        };
+        let _ = stats.wait_for(|s| s.waiting == 2).await;
+        let _nested = admission.admit(true, "a").await.expect("a nested call uses its caller's slot");
+        drop(running);
+        waiter.await.expect("task").expect("served");
+        other.await.expect("task").expect("served");
+        let _again = admission.admit(false, "a").await.expect("room under the cap again");
+    }
+
+    #[tokio::test]
+    async fn the_queue_bound_is_exact() {
+        let admission = Arc::new(Admission::new(1, 2, 16));
+        let _running = admission.admit(false, "a").await.expect("a free slot");
+        let mut waiters = Vec::new();
+        for share in ["b", "c"] {
+            let admission = admission.clone();
+            waiters.push(tokio::spawn(async move { admission.admit(false, share).await.map(|_| ()) }));
+        }
+        let mut stats = admission.watch();
+        let _ = stats.wait_for(|s| s.waiting == 2).await;
+        let refused = admission.admit(false, "d").await.map(|_| ()).expect_err("the queue is full");
+        assert_eq!(refused.per_principal, None);
+        for waiter in waiters {
+            waiter.abort();
+        }
     }
 }

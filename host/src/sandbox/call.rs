@@ -23,6 +23,7 @@ use super::output::Capture;
 use super::prefault::WriteSet;
 use super::{Limits, ReadOnlyRoot};
 use crate::runtime::{AbiKind, FileRole, InstalledRuntime};
+use crate::workspace::Ledger;
 
 /// Tables may grow to this many elements (the guest starts with ~47k).
 const TABLE_LIMIT: usize = 1 << 20;
@@ -176,8 +177,12 @@ pub(super) struct GuestRun {
     /// The host folder seen as `/workspace`.
     pub workspace: PathBuf,
     pub workspace_read_only: bool,
+    /// What every change under `/workspace` draws on; `None`: unbounded (runs outside calls).
+    pub workspace_budget: Option<Arc<Ledger>>,
     /// The host folder seen as `/tmp`, read-write, fresh for this call.
     pub scratch: PathBuf,
+    /// What every change under `/tmp` draws on.
+    pub scratch_budget: Option<Arc<Ledger>>,
     pub roots: Vec<ReadOnlyRoot>,
     pub limits: Limits,
     pub deadline: Instant,
@@ -208,7 +213,9 @@ impl GuestRun {
             stdin: Vec::new(),
             workspace: workspace.path().to_path_buf(),
             workspace_read_only: false,
+            workspace_budget: None,
             scratch: scratch.path().to_path_buf(),
+            scratch_budget: None,
             roots: Vec::new(),
             limits,
             deadline,
@@ -258,20 +265,28 @@ pub(super) fn store(
         .allow_blocking_current_thread(false)
         .envs(env)
         .args(args);
-    let mount = |wasi: &mut WasiCtxBuilder, host: &std::path::Path, guest: &str, perms: FsPerms| -> Result<()> {
-        wasi.preopened_dir(host, guest, perms)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot mount {} at {guest}", host.display()))?;
+    let mount = |wasi: &mut WasiCtxBuilder,
+                 host: &std::path::Path,
+                 guest: &str,
+                 perms: FsPerms,
+                 budget: Option<&Arc<Ledger>>|
+     -> Result<()> {
+        match budget {
+            Some(ledger) => wasi.preopened_dir_with_budget(host, guest, perms, ledger.clone()),
+            None => wasi.preopened_dir(host, guest, perms),
+        }
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot mount {} at {guest}", host.display()))?;
         Ok(())
     };
     for (host, guest) in &layout.mounts {
-        mount(&mut wasi, host, guest, FsPerms::ReadOnly)?;
+        mount(&mut wasi, host, guest, FsPerms::ReadOnly, None)?;
     }
-    mount(&mut wasi, &run.scratch, "/tmp", FsPerms::ReadWrite)?;
+    mount(&mut wasi, &run.scratch, "/tmp", FsPerms::ReadWrite, run.scratch_budget.as_ref())?;
     let workspace_perms = if run.workspace_read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-    mount(&mut wasi, &run.workspace, "/workspace", workspace_perms)?;
+    mount(&mut wasi, &run.workspace, "/workspace", workspace_perms, run.workspace_budget.as_ref())?;
     for root in &run.roots {
-        mount(&mut wasi, &root.host, &format!("/{}", root.name), FsPerms::ReadOnly)?;
+        mount(&mut wasi, &root.host, &format!("/{}", root.name), FsPerms::ReadOnly, None)?;
     }
 
     let state = CallState {

@@ -26,6 +26,9 @@ pub struct Limits {
     pub workspace_bytes: u64,
     /// Files (and folders) a session's workspace may hold.
     pub workspace_files: u64,
+    /// Bytes a call's `/tmp` may hold (its files and folders count against `workspace_files`
+    /// too, separately from the workspace's).
+    pub tmp_bytes: u64,
 }
 
 impl Default for Limits {
@@ -38,6 +41,7 @@ impl Default for Limits {
             result_output_bytes: 32 << 10,
             workspace_bytes: 256 << 20,
             workspace_files: 2_000,
+            tmp_bytes: 128 << 20,
         }
     }
 }

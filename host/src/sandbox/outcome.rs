@@ -190,45 +190,33 @@ pub(super) struct Finished<'a> {
     pub(super) memory_denied: bool,
     pub(super) duration: Duration,
     pub(super) limits: Limits,
+    /// Which quota refused a write during the run, in words, if one did.
+    pub(super) refused: Option<String>,
 }
 
 impl Finished<'_> {
     pub(super) fn into_outcome(self, workspace: &Workspace, before: &workspace::Index) -> Outcome {
         let stderr_text = guest::tidy_traceback(&String::from_utf8_lossy(&self.stderr.data));
         let stdout_text = String::from_utf8_lossy(&self.stdout.data).into_owned();
-        let (mut status, mut error) = classify(&self.ran.ending, &stderr_text, self.memory_denied, &self.limits);
+        let (status, mut error) = classify(&self.ran.ending, &stderr_text, self.memory_denied, &self.limits);
 
-        // The workspace after the run: over quota, the files this run created are removed.
-        let mut files = Vec::new();
-        match workspace.index() {
-            Ok(after) => {
-                let quota = workspace.quota();
-                if after.bytes() > quota.bytes || after.count() > quota.files {
-                    let created = after.created_since(before);
-                    workspace.remove_files(&created);
-                    status = Status::Error;
-                    error = Some(ErrorInfo {
-                        kind: "WorkspaceQuotaExceeded".into(),
-                        message: format!(
-                            "the workspace holds {} bytes in {} entries, over its quota of {} bytes and {} files; \
-                             the {} files this call created were removed",
-                            after.bytes(),
-                            after.count(),
-                            quota.bytes,
-                            quota.files,
-                            created.len()
-                        ),
-                    });
-                } else {
-                    files = after
-                        .changed_since(before)
-                        .into_iter()
-                        .map(|(path, entry)| file_info(path, entry.size))
-                        .collect();
-                }
-            }
-            Err(e) => tracing::warn!("cannot index the workspace after a call: {e}"),
+        // A write the quotas refused failed in the guest (ENOSPC); say which quota it was.
+        if let Some(error) = error.as_mut()
+            && let Some(refused) = &self.refused
+        {
+            error.message.push_str(&format!("\n({refused})"));
         }
+        let mut files = match workspace.index() {
+            Ok(after) => after
+                .changed_since(before)
+                .into_iter()
+                .map(|(path, entry)| file_info(path, entry.size))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("cannot index the workspace after a call: {e}");
+                Vec::new()
+            }
+        };
 
         let cap = self.limits.result_output_bytes;
         let (stdout, stdout_truncated) =

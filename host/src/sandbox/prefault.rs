@@ -5,9 +5,9 @@
 //! file means written), merged into a few runs, and populated writable with one
 //! `madvise(MADV_POPULATE_WRITE)` per run the first time a pool slot hosts the runtime.
 //!
-//! After that, the engine keeps them: with `pagemap_scan`, a slot's written pages are reset by
-//! copying the image back instead of being unmapped, for up to 32 runs of pages, which is why
-//! the set is merged into fewer runs than that. A call then finds its pages already there.
+//! After that, the engine keeps them: with `pagemap_scan`, a slot's written pages (up to the
+//! engine's `KEEP_RESIDENT`) are reset by copying the image back instead of being unmapped. A
+//! call then finds its pages already there.
 //! Linux only; elsewhere it does nothing.
 
 use std::fs::File;
@@ -18,10 +18,8 @@ const PAGE: usize = 4096;
 /// Unwritten pages tolerated inside one range: copying a few extra pages is cheaper than
 /// another system call.
 const GAP: usize = 8;
-/// The most runs the set is merged into. wasmtime keeps up to 32 runs of written pages resident
-/// per slot, and the rest of a call's writes (a grown heap, numpy's arrays) need runs of their
-/// own: measured here, 16 kept numpy's arrays resident (8.8 → 6 ms) for a little print
-/// throughput (470 → 375 calls/s at concurrency 2).
+/// The most runs the set is merged into: each is one `madvise`. (Measured when wasmtime kept at
+/// most 32 runs resident: 16 kept numpy's arrays resident, 8.8 → 6 ms.)
 const MAX_RUNS: usize = 16;
 
 /// Byte ranges of linear memory, page-aligned, that a typical call writes.
