@@ -195,6 +195,11 @@ pub struct ServerArgs {
     #[arg(long, env = "TOOLHOST_SESSION_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub session_idle_timeout: Option<f64>,
 
+    /// Seconds a session that has sent nothing after its handshake is kept while others are
+    /// opened; past that it is closed to make room. Default 60.
+    #[arg(long, env = "TOOLHOST_UNUSED_SESSION_TIMEOUT", value_name = "SECONDS")]
+    pub unused_session_timeout: Option<f64>,
+
     /// Sessions open at once, all principals together; one more is refused with 429. Default
     /// 1000.
     #[arg(long, env = "TOOLHOST_MAX_SESSIONS", value_name = "N")]

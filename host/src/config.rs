@@ -75,6 +75,9 @@ pub struct ServerFile {
     /// Seconds a streamable HTTP session may stay idle before it is closed. Flag
     /// `--session-idle-timeout`. Default 3600.
     pub session_idle_timeout_s: Option<f64>,
+    /// Seconds a session that has sent nothing after its handshake is kept while others are
+    /// opened; past that it is closed to make room. Flag `--unused-session-timeout`. Default 60.
+    pub unused_session_timeout_s: Option<f64>,
     /// Sessions open at once, all principals together; one more is refused with 429. Flag
     /// `--max-sessions`. Default 1000.
     pub max_sessions: Option<usize>,
@@ -242,6 +245,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub session_idle_timeout: Duration,
+    /// How long a session that has sent nothing after its handshake is kept.
+    pub unused_session_timeout: Duration,
     /// Sessions open at once, in all.
     pub max_sessions: usize,
     /// Sessions open at once, per principal.
@@ -400,6 +405,11 @@ fn merge_server(flags: &ServerArgs, file: &ServerFile) -> Result<ServerSettings>
             "session idle timeout",
             flags.session_idle_timeout.or(file.session_idle_timeout_s).unwrap_or(3600.0),
             1.0,
+        )?,
+        unused_session_timeout: seconds(
+            "unused session timeout",
+            flags.unused_session_timeout.or(file.unused_session_timeout_s).unwrap_or(60.0),
+            0.0,
         )?,
         max_sessions: positive("max sessions", flags.max_sessions.or(file.max_sessions).unwrap_or(1000))?,
         max_sessions_per_principal: positive(

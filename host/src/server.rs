@@ -58,6 +58,7 @@ impl Server {
             session_manager.clone(),
             self.settings.max_sessions,
             self.settings.max_sessions_per_principal,
+            self.settings.unused_session_timeout,
         );
         let streamable = StreamableHttpService::new(
             move || Ok(McpHandler::new(app.clone(), app.sessions.open(false))),

@@ -341,3 +341,35 @@ async fn sessions_are_capped_per_principal_and_in_all() {
     assert_eq!(end_session(&server, TOKEN, &first_id).await.status(), 200);
     assert_eq!(open(TOKEN).await.expect("sent").status(), 200, "room after a close");
 }
+
+#[tokio::test]
+async fn sessions_silent_since_their_handshake_make_room_and_used_ones_stay() {
+    let server = start_server(|s| {
+        s.server.tokens = vec![TOKEN.into()];
+        s.server.max_sessions_per_principal = 2;
+        s.server.unused_session_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let used = connect(&server.url, Some(TOKEN)).await;
+    assert_eq!(text(&call(&used, "calculate_sum", json!({"a": 1, "b": 2})).await), "3");
+    let silent =
+        reqwest::Client::new().get(format!("{}/sse", server.url)).bearer_auth(TOKEN).send().await.expect("sse");
+    assert_eq!(silent.status(), 200);
+    let open = || post_mcp(&server).bearer_auth(TOKEN).json(&initialize()).send();
+    assert_eq!(open().await.expect("sent").status(), 429, "both sessions are young: the cap holds");
+
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let third = open().await.expect("sent");
+    assert_eq!(third.status(), 200, "the silent session was closed to make room");
+    let mut events = silent.bytes_stream();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(chunk) = events.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent session's stream ends");
+    assert_eq!(text(&call(&used, "calculate_sum", json!({"a": 2, "b": 2})).await), "4", "the used one stays");
+}

@@ -46,7 +46,7 @@ impl Legacy {
 
     /// The sender of `principal`'s session `id`; `None` for another principal's, as for none.
     fn sender(&self, id: &str, principal: &Principal) -> Option<mpsc::Sender<ClientJsonRpcMessage>> {
-        if !self.owners.owns_legacy(id, principal) {
+        if !self.owners.post_to_legacy(id, principal) {
             return None;
         }
         self.open.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
@@ -83,12 +83,13 @@ pub async fn open(
     let id = session.id.clone();
     let (to_server, from_client) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL);
     let (to_client, from_server) = mpsc::channel(CHANNEL);
-    legacy.owners.record_legacy(&id, owner);
+    let stop = legacy.shutdown.child_token();
+    legacy.owners.record_legacy(&id, owner, stop.clone());
     legacy.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), to_server);
 
     let handler = McpHandler::new(legacy.app.clone(), session);
-    let stop = legacy.shutdown.child_token();
     let session_id = id.clone();
+    let stream_stop = stop.clone();
     tokio::spawn(async move {
         let transport = (PollSender::new(to_client), ReceiverStream::new(from_client));
         match handler.serve_with_ct(transport, stop).await {
@@ -111,7 +112,7 @@ pub async fn open(
     });
     let stream = futures::stream::once(async move { Ok(endpoint) })
         .chain(messages)
-        .take_until(legacy.shutdown.clone().cancelled_owned());
+        .take_until(stream_stop.cancelled_owned());
     tracing::debug!(session = %id, "legacy SSE stream opened");
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(super::SSE_KEEP_ALIVE)))
 }
