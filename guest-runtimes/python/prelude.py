@@ -10,7 +10,7 @@
 #   scalars only; `np.set_printoptions(legacy=False)` undoes it).
 # - the current directory is /workspace, so relative paths land in the workspace.
 # - state a snapshot could have frozen is renewed per call: os.environ, sys.argv, the random
-#   generators of `random` and `numpy.random`, tempfile's cached folder.
+#   generators of `random` and `numpy.random`, tempfile's cached folder and name generator.
 
 import os as _os
 import sys as _sys
@@ -199,6 +199,7 @@ def begin(env, argv):
     tempfile = _sys.modules.get("tempfile")
     if tempfile is not None:
         tempfile.tempdir = None
+        tempfile._name_sequence = None  # its own Random, seeded when the snapshot was taken
     plt = _sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         plt.close("all")

@@ -41,7 +41,8 @@ impl App {
     /// sandbox is set on `services.sandbox` once prepared.
     pub fn new(settings: &AppSettings, limits: Limits) -> Result<App> {
         let quota = Quota { bytes: limits.workspace_bytes, files: limits.workspace_files };
-        let sessions = Sessions::new(&settings.workspaces_dir, quota, settings.workspace_linger)
+        let sessions =
+            Sessions::new(&settings.workspaces_dir, quota, limits.principal_disk_bytes, settings.workspace_linger)
             .with_context(|| format!("cannot use {} for session workspaces", settings.workspaces_dir.display()))?;
         let roots = settings.roots.iter().map(open_root).collect::<Result<Vec<_>>>()?;
         let root_names = roots.iter().map(|r| r.name.clone()).collect();

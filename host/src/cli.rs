@@ -292,6 +292,11 @@ pub struct LimitArgs {
     #[arg(long, env = "TOOLHOST_TMP_MB", value_name = "MIB")]
     pub tmp_mb: Option<u64>,
 
+    /// What all of one principal's session workspaces may hold together, in MiB (ended sessions'
+    /// count until their folders are removed). Default 2048.
+    #[arg(long, env = "TOOLHOST_PRINCIPAL_DISK_MB", value_name = "MIB")]
+    pub principal_disk_mb: Option<u64>,
+
     /// Guests running at once. Default: the number of cores.
     #[arg(long, env = "TOOLHOST_MAX_CONCURRENCY", value_name = "N")]
     pub max_concurrency: Option<usize>,
@@ -383,6 +388,13 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Instead of the workloads: a hostile soak for this many seconds. One principal sends
+    /// blockers, busy loops, quota fights, output floods, big allocations and session churn at
+    /// twice --max-concurrency over streamable HTTP, while another makes benign calls; reports
+    /// calls past their deadline, RSS, disk against the quotas, and the benign latency.
+    #[arg(long, value_name = "SECONDS")]
+    pub soak: Option<f64>,
 
     #[command(flatten)]
     pub limits: LimitArgs,

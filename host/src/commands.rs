@@ -1,6 +1,7 @@
 //! The subcommands: each turns `Settings` into work and an exit status.
 
 pub mod bench;
+pub mod soak;
 pub mod prepare;
 pub mod run;
 pub mod runtimes;

@@ -178,6 +178,9 @@ pub struct LimitsFile {
     pub workspace_files: Option<u64>,
     /// What a call's `/tmp` may hold, in MiB. Flag `--tmp-mb`. Default 128.
     pub tmp_mb: Option<u64>,
+    /// What all of one principal's session workspaces may hold together, in MiB. Flag
+    /// `--principal-disk-mb`. Default 2048.
+    pub principal_disk_mb: Option<u64>,
 }
 
 /// The sandbox's capacity and runtimes.
@@ -303,6 +306,13 @@ impl Settings {
             )?,
             tmp_bytes: positive("tmp MiB", flags.tmp_mb.or(limits_file.tmp_mb).unwrap_or(defaults.tmp_bytes >> 20))?
                 << 20,
+            principal_disk_bytes: positive(
+                "principal disk MiB",
+                flags
+                    .principal_disk_mb
+                    .or(limits_file.principal_disk_mb)
+                    .unwrap_or(defaults.principal_disk_bytes >> 20),
+            )? << 20,
         };
         if limits.result_output_bytes > 256 << 10 {
             bail!("result output bytes must be at most 256 KiB so every result stays under 512 KiB");

@@ -288,6 +288,7 @@ impl Sandbox {
         let limits = call.limits;
         let tmp_ledger = Ledger::new(Quota { bytes: limits.tmp_bytes, files: limits.workspace_files }, 0, 0);
         let refusals_before = workspace.ledger().refusals();
+        let principal_refusals_before = workspace.ledger().parent_refusals();
         let stdout = output::Capture::new(limits.output_bytes);
         let stderr = output::Capture::new(limits.output_bytes);
         let memory_denied = Arc::new(AtomicBool::new(false));
@@ -333,6 +334,7 @@ impl Sandbox {
             limits,
             refused: refused_in_words(
                 workspace.ledger().refusals() > refusals_before,
+                workspace.ledger().parent_refusals() > principal_refusals_before,
                 tmp_ledger.refusals() > 0,
                 &limits,
             ),
@@ -348,9 +350,16 @@ impl Sandbox {
 }
 
 /// Which quotas refused a write during a call, as the result says it.
-fn refused_in_words(workspace: bool, tmp: bool, limits: &Limits) -> Option<String> {
+fn refused_in_words(workspace: bool, principal: bool, tmp: bool, limits: &Limits) -> Option<String> {
     let mut said = Vec::new();
-    if workspace {
+    if principal {
+        said.push(format!(
+            "your workspaces together hold as much as one client may ({} MiB): delete files here or in \
+             your other sessions",
+            limits.principal_disk_bytes >> 20
+        ));
+    }
+    if workspace && !principal {
         said.push(format!(
             "the workspace quota ({} MiB in {} files and folders) refused a write: delete files, or write less",
             limits.workspace_bytes >> 20,

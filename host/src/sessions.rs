@@ -2,14 +2,14 @@
 //! removed a while after the session ends (the `linger`), so a client that reconnects soon
 //! finds nothing half-gone, and a server that runs for months does not fill its disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::principal::Principal;
-use crate::workspace::{Quota, Workspace, WorkspaceError};
+use crate::workspace::{Ledger, Quota, Workspace, WorkspaceError};
 
 /// Every session's folder lives under `root`, named by the session id.
 pub struct Sessions {
@@ -19,16 +19,25 @@ pub struct Sessions {
 struct Shared {
     root: PathBuf,
     quota: Quota,
+    /// Bytes one principal's workspaces may hold together, lingering ones included.
+    principal_bytes: u64,
     linger: Duration,
     live: AtomicUsize,
-    /// Folders of ended sessions, with the moment they may go.
-    ended: Mutex<Vec<(PathBuf, Instant)>>,
+    /// Each principal's ledger, the parent of its workspaces'.
+    principals: Mutex<HashMap<Principal, Arc<Ledger>>>,
+    /// Folders of ended sessions, with the moment they may go and what they hold.
+    ended: Mutex<Vec<(PathBuf, Instant, Arc<Ledger>)>>,
 }
 
 impl Sessions {
     /// Sessions under `root`. Folders left there by an earlier run are removed: sessions do not
     /// outlive the process that served them.
-    pub fn new(root: impl Into<PathBuf>, quota: Quota, linger: Duration) -> std::io::Result<Sessions> {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        quota: Quota,
+        principal_bytes: u64,
+        linger: Duration,
+    ) -> std::io::Result<Sessions> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         for entry in std::fs::read_dir(&root)? {
@@ -38,7 +47,15 @@ impl Sessions {
             }
         }
         Ok(Sessions {
-            shared: Arc::new(Shared { root, quota, linger, live: AtomicUsize::new(0), ended: Mutex::new(Vec::new()) }),
+            shared: Arc::new(Shared {
+                root,
+                quota,
+                principal_bytes,
+                linger,
+                live: AtomicUsize::new(0),
+                principals: Mutex::default(),
+                ended: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -78,17 +95,18 @@ impl Sessions {
     /// Removes the folders of sessions that ended more than `linger` ago; returns how many.
     pub fn reap(&self) -> usize {
         let now = Instant::now();
-        let due: Vec<PathBuf> = {
+        let due: Vec<(PathBuf, Arc<Ledger>)> = {
             let mut ended = lock(&self.shared.ended);
-            let (due, waiting): (Vec<_>, Vec<_>) = ended.drain(..).partition(|(_, at)| *at <= now);
+            let (due, waiting): (Vec<_>, Vec<_>) = ended.drain(..).partition(|(_, at, _)| *at <= now);
             *ended = waiting;
-            due.into_iter().map(|(dir, _)| dir).collect()
+            due.into_iter().map(|(dir, _, ledger)| (dir, ledger)).collect()
         };
-        for dir in &due {
-            if let Err(e) = std::fs::remove_dir_all(dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!("cannot remove the workspace {}: {e}", dir.display());
+        for (dir, ledger) in &due {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("cannot remove the workspace {}: {e}", dir.display());
+                }
+                _ => ledger.release(),
             }
         }
         due.len()
@@ -96,7 +114,7 @@ impl Sessions {
 
     /// Removes every ended session's folder now (at shutdown).
     pub fn reap_all(&self) -> usize {
-        for (_, at) in lock(&self.shared.ended).iter_mut() {
+        for (_, at, _) in lock(&self.shared.ended).iter_mut() {
             *at = Instant::now();
         }
         self.reap()
@@ -141,7 +159,9 @@ impl Session {
         if let Some(workspace) = self.workspace.get() {
             return Ok(workspace);
         }
-        let opened = Workspace::open(&self.dir, self.shared.quota)
+        // A folder the user chose is theirs; a session's counts against its principal's bytes.
+        let parent = (!self.keep).then(|| self.shared.principal_ledger(&self.principal()));
+        let opened = Workspace::open_under(&self.dir, self.shared.quota, parent)
             .map_err(|source| WorkspaceError::Io { path: self.dir.display().to_string(), source })?;
         Ok(self.workspace.get_or_init(|| opened))
     }
@@ -185,10 +205,19 @@ impl Drop for Session {
     fn drop(&mut self) {
         let live = self.shared.live.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!("toolhost_sessions_active").set(live as f64);
-        if !self.keep && self.workspace.get().is_some() {
-            lock(&self.shared.ended).push((self.dir.clone(), Instant::now() + self.shared.linger));
+        if !self.keep
+            && let Some(workspace) = self.workspace.get()
+        {
+            let ledger = workspace.ledger().clone();
+            lock(&self.shared.ended).push((self.dir.clone(), Instant::now() + self.shared.linger, ledger));
         }
         tracing::debug!(session = %self.id, "session ended");
+    }
+}
+
+impl Shared {
+    fn principal_ledger(&self, principal: &Principal) -> Arc<Ledger> {
+        lock(&self.principals).entry(principal.clone()).or_insert_with(|| Ledger::principal(self.principal_bytes)).clone()
     }
 }
 
@@ -211,7 +240,7 @@ mod tests {
     #[test]
     fn a_workspace_is_made_on_first_use_and_removed_after_the_linger() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let sessions = Sessions::new(tmp.path(), quota(), Duration::ZERO).expect("sessions");
+        let sessions = Sessions::new(tmp.path(), quota(), 1 << 30, Duration::ZERO).expect("sessions");
         let session = sessions.open(false);
         let dir = session.dir().to_path_buf();
         assert!(!dir.exists(), "nothing is made before it is used");
@@ -231,7 +260,7 @@ mod tests {
         std::fs::create_dir_all(&stale).expect("stale");
         let unrelated = tmp.path().join("keep-me");
         std::fs::create_dir_all(&unrelated).expect("unrelated");
-        let sessions = Sessions::new(tmp.path(), quota(), Duration::from_secs(600)).expect("sessions");
+        let sessions = Sessions::new(tmp.path(), quota(), 1 << 30, Duration::from_secs(600)).expect("sessions");
         assert!(!stale.exists() && unrelated.exists());
         let (a, b) = (sessions.open(false), sessions.open(false));
         assert_ne!(a.dir(), b.dir());
@@ -242,7 +271,7 @@ mod tests {
     #[test]
     fn a_chosen_folder_is_kept() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let sessions = Sessions::new(tmp.path().join("sessions"), quota(), Duration::ZERO).expect("sessions");
+        let sessions = Sessions::new(tmp.path().join("sessions"), quota(), 1 << 30, Duration::ZERO).expect("sessions");
         let session = sessions.open_at(tmp.path().join("mine"), false);
         session.workspace().expect("workspace").write("a.txt", b"x").expect("write");
         drop(session);

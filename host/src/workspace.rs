@@ -124,12 +124,17 @@ impl Workspace {
     /// Opens (creating if needed) the workspace folder at `root` on the host, measuring what it
     /// holds.
     pub fn open(root: impl Into<PathBuf>, quota: Quota) -> io::Result<Workspace> {
+        Workspace::open_under(root, quota, None)
+    }
+
+    /// Like `open`, its holdings also counted in `parent` (its principal's ledger).
+    pub fn open_under(root: impl Into<PathBuf>, quota: Quota, parent: Option<Arc<Ledger>>) -> io::Result<Workspace> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
         let mut index = Index::default();
         walk(&dir, &mut index)?;
-        let ledger = Ledger::new(quota, index.bytes(), index.count());
+        let ledger = Ledger::under(quota, index.bytes(), index.count(), parent);
         Ok(Workspace { root, dir, ledger, read_only: false })
     }
 

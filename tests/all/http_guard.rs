@@ -373,3 +373,50 @@ async fn sessions_silent_since_their_handshake_make_room_and_used_ones_stay() {
     assert!(ended.is_ok(), "the silent session's stream ends");
     assert_eq!(text(&call(&used, "calculate_sum", json!({"a": 2, "b": 2})).await), "4", "the used one stays");
 }
+
+#[tokio::test]
+async fn a_principal_past_its_call_cap_is_refused_and_another_is_served() {
+    const OTHER: &str = "another-tenant";
+    let server = start_server(|s| {
+        s.server.tokens = vec![TOKEN.into(), OTHER.into()];
+        s.sandbox.max_calls_per_principal = 1;
+    })
+    .await;
+    let (first, second) = (connect(&server.url, Some(TOKEN)).await, connect(&server.url, Some(TOKEN)).await);
+    let other = connect(&server.url, Some(OTHER)).await;
+    let sleeper = json!({"code": "import time\ntime.sleep(1.5)\nprint('slept')"});
+    let running = tokio::spawn(async move { call(&first, "code_interpreter", sleeper).await });
+    // The first call holds the principal's one place once it runs.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let refused = call(&second, "code_interpreter", json!({"code": "print('second')"})).await;
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    assert!(text(&refused).contains("max_calls_per_principal"), "{}", text(&refused));
+    let served = call(&other, "code_interpreter", json!({"code": "print('other')"})).await;
+    assert!(text(&served).contains("other"), "another principal is served: {}", text(&served));
+    let done = running.await.expect("task");
+    assert!(text(&done).contains("slept"), "{}", text(&done));
+    let again = call(&second, "code_interpreter", json!({"code": "print('again')"})).await;
+    assert!(text(&again).contains("again"), "room again once the first call ended: {}", text(&again));
+}
+
+#[tokio::test]
+async fn one_principals_workspaces_together_stay_within_its_disk_quota() {
+    const OTHER: &str = "another-tenant";
+    const MIB: u64 = 1 << 20;
+    let server = start_server(|s| {
+        s.server.tokens = vec![TOKEN.into(), OTHER.into()];
+        s.sandbox.limits.workspace_bytes = 4 * MIB;
+        s.sandbox.limits.principal_disk_bytes = 5 * MIB;
+    })
+    .await;
+    let fill = json!({"code": "open('data.bin', 'wb').write(b'x' * (3 << 20))\nprint('written')"});
+    let first = connect(&server.url, Some(TOKEN)).await;
+    assert!(text(&call(&first, "code_interpreter", fill.clone()).await).contains("written"));
+    // A second session of the same principal: within its own 4 MiB, past the principal's 5 MiB.
+    let second = connect(&server.url, Some(TOKEN)).await;
+    let refused = call(&second, "code_interpreter", fill.clone()).await;
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    assert!(text(&refused).contains("your workspaces together"), "{}", text(&refused));
+    let other = connect(&server.url, Some(OTHER)).await;
+    assert!(text(&call(&other, "code_interpreter", fill).await).contains("written"), "another principal has its own");
+}

@@ -123,6 +123,7 @@ def default_server(tmp_path, *args):
     )
     try:
         log = ServerLog(server.stderr)
+        log.pid = server.pid
         log.wait_for("ready: the python runtime is loaded", 120)
         yield f"http://127.0.0.1:{port}", log
     finally:

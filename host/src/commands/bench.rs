@@ -127,6 +127,9 @@ impl Target {
 }
 
 pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
+    if let Some(seconds) = args.soak {
+        return super::soak::run(settings, Duration::from_secs_f64(seconds.max(1.0)), args.json);
+    }
     let levels: Vec<usize> = args.concurrency.iter().copied().filter(|&c| c > 0).collect();
     let most = levels.iter().copied().max().unwrap_or(1);
     let runtime = args.runtime.clone().unwrap_or_else(|| settings.sandbox.default_runtime.clone());
@@ -150,7 +153,7 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
         }
         let mut server = None;
         if matches!(args.mode, BenchMode::Http | BenchMode::All) {
-            let (url, stop) = local_server(&settings, sandbox.clone(), folders.path()).await?;
+            let (url, stop) = local_server(&settings, sandbox.clone(), folders.path(), &[]).await?;
             server = Some(stop);
             let mut clients = Vec::new();
             for _ in 0..most {
@@ -191,11 +194,13 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
     })
 }
 
-/// A server on 127.0.0.1 on the given sandbox; returns its URL and a sender that stops it.
-async fn local_server(
+/// A server on 127.0.0.1 on the given sandbox, open to `tokens` (none: no token needed);
+/// returns its URL and a sender that stops it.
+pub(super) async fn local_server(
     settings: &Settings,
     sandbox: Sandbox,
     scratch: &std::path::Path,
+    tokens: &[&str],
 ) -> Result<(String, tokio::sync::oneshot::Sender<()>)> {
     let mut app_settings = settings.app.clone();
     app_settings.workspaces_dir = scratch.join("sessions");
@@ -205,7 +210,7 @@ async fn local_server(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let mut server_settings = settings.server.clone();
-    server_settings.tokens.clear();
+    server_settings.tokens = tokens.iter().map(|t| t.to_string()).collect();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(Server::new(app, server_settings).serve(listener, async move {
         let _ = stopped.await;

@@ -29,6 +29,9 @@ pub struct Limits {
     /// Bytes a call's `/tmp` may hold (its files and folders count against `workspace_files`
     /// too, separately from the workspace's).
     pub tmp_bytes: u64,
+    /// Bytes all of one principal's session workspaces may hold together (ended sessions'
+    /// included until their folders are removed).
+    pub principal_disk_bytes: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             workspace_bytes: 256 << 20,
             workspace_files: 2_000,
             tmp_bytes: 128 << 20,
+            principal_disk_bytes: 2 << 30,
         }
     }
 }

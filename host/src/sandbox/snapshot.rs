@@ -23,7 +23,7 @@ use crate::runtime::verify::{ChecksumMismatch, sha256_bytes, sha256_file};
 use crate::runtime::{FileRole, InstalledRuntime};
 
 /// Changes whenever what goes into a snapshot changes in a way the key does not capture.
-const FORMAT: &str = "3";
+const FORMAT: &str = "4";
 /// How long building a snapshot may run (imports only; a minute is plenty).
 const BUILD_DEADLINE: Duration = Duration::from_secs(600);
 
