@@ -43,7 +43,7 @@ impl App {
         let quota = Quota { bytes: limits.workspace_bytes, files: limits.workspace_files };
         let sessions =
             Sessions::new(&settings.workspaces_dir, quota, limits.principal_disk_bytes, settings.workspace_linger)
-            .with_context(|| format!("cannot use {} for session workspaces", settings.workspaces_dir.display()))?;
+                .with_context(|| format!("cannot use {} for session workspaces", settings.workspaces_dir.display()))?;
         let roots = settings.roots.iter().map(open_root).collect::<Result<Vec<_>>>()?;
         let root_names = roots.iter().map(|r| r.name.clone()).collect();
         let catalog = Catalog::load(&settings.tools_dir, limits, root_names, settings.code_mode_tools.clone());

@@ -1,11 +1,11 @@
 //! The subcommands: each turns `Settings` into work and an exit status.
 
 pub mod bench;
-pub mod soak;
 pub mod prepare;
 pub mod run;
 pub mod runtimes;
 pub mod serve;
+pub mod soak;
 pub mod stdio;
 pub mod tools;
 

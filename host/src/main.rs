@@ -41,7 +41,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stdio(args) => commands::stdio::run(settings, args.workspace),
         Command::Run(args) => commands::run::run(settings, args),
         Command::Runtime(command) => commands::runtimes::run(settings, command),
-        Command::Bench(args) => commands::bench::run(settings, args),
+        Command::Bench(args) => match args.soak {
+            Some(seconds) => {
+                commands::soak::run(settings, std::time::Duration::from_secs_f64(seconds.max(1.0)), args.json)
+            }
+            None => commands::bench::run(settings, args),
+        },
         Command::Prepare => commands::prepare::child(settings),
         Command::Tools(_) => commands::tools::check(&settings),
         Command::Config => unreachable!("answered before the settings are read"),

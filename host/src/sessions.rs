@@ -217,7 +217,10 @@ impl Drop for Session {
 
 impl Shared {
     fn principal_ledger(&self, principal: &Principal) -> Arc<Ledger> {
-        lock(&self.principals).entry(principal.clone()).or_insert_with(|| Ledger::principal(self.principal_bytes)).clone()
+        lock(&self.principals)
+            .entry(principal.clone())
+            .or_insert_with(|| Ledger::principal(self.principal_bytes))
+            .clone()
     }
 }
 

@@ -308,7 +308,6 @@ impl Workspace {
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
     }
-
 }
 
 /// Resolves a path from outside (a tool argument, a resource URI's path) to one relative to

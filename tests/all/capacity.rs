@@ -44,7 +44,10 @@ async fn a_full_queue_answers_busy_and_a_cancelled_guest_stops_at_once() {
     let observer = async {
         wait_for_stats(sandbox, |s| s.running == 1, "the first guest never started").await;
         let refused = sandbox.run(call("print('second')", &second_ws, CancellationToken::new())).await;
-        assert!(matches!(refused, Err(SandboxError::Busy(Busy { running: 1, waiting: 0, per_principal: None }))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(SandboxError::Busy(Busy { running: 1, waiting: 0, per_principal: None }))),
+            "{refused:?}"
+        );
         let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("retry"), "{message}");
         cancel.cancel();

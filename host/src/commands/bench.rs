@@ -127,9 +127,6 @@ impl Target {
 }
 
 pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
-    if let Some(seconds) = args.soak {
-        return super::soak::run(settings, Duration::from_secs_f64(seconds.max(1.0)), args.json);
-    }
     let levels: Vec<usize> = args.concurrency.iter().copied().filter(|&c| c > 0).collect();
     let most = levels.iter().copied().max().unwrap_or(1);
     let runtime = args.runtime.clone().unwrap_or_else(|| settings.sandbox.default_runtime.clone());

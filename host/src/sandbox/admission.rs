@@ -136,11 +136,7 @@ impl Admission {
     /// against the cap), or refuses when the queue is full or the share at its cap.
     pub(super) async fn admit(&self, nested: bool, share: &str) -> Result<Admitted<'_>, Busy> {
         if nested {
-            return Ok(Admitted {
-                _slot: None,
-                _running: Counted::new(&self.stats, |s| &mut s.running),
-                _share: None,
-            });
+            return Ok(Admitted { _slot: None, _running: Counted::new(&self.stats, |s| &mut s.running), _share: None });
         }
         let share: Arc<str> = share.into();
         let (counted, waiting) = {

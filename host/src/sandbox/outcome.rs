@@ -207,11 +207,9 @@ impl Finished<'_> {
             error.message.push_str(&format!("\n({refused})"));
         }
         let mut files = match workspace.index() {
-            Ok(after) => after
-                .changed_since(before)
-                .into_iter()
-                .map(|(path, entry)| file_info(path, entry.size))
-                .collect(),
+            Ok(after) => {
+                after.changed_since(before).into_iter().map(|(path, entry)| file_info(path, entry.size)).collect()
+            }
             Err(e) => {
                 tracing::warn!("cannot index the workspace after a call: {e}");
                 Vec::new()

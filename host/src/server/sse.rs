@@ -110,9 +110,8 @@ pub async fn open(
         });
         Ok(Event::default().event("message").data(data))
     });
-    let stream = futures::stream::once(async move { Ok(endpoint) })
-        .chain(messages)
-        .take_until(stream_stop.cancelled_owned());
+    let stream =
+        futures::stream::once(async move { Ok(endpoint) }).chain(messages).take_until(stream_stop.cancelled_owned());
     tracing::debug!(session = %id, "legacy SSE stream opened");
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(super::SSE_KEEP_ALIVE)))
 }
