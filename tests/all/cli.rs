@@ -115,8 +115,6 @@ fn help_documents_every_command() {
     }
 }
 
-/// The largest peak RSS of any waited-for child of this process, in KiB.
-#[allow(unsafe_code)]
 #[test]
 fn ci_runs_exactly_the_readme_test_command() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
