@@ -179,27 +179,32 @@ impl Owners {
         lock(&self.inner.streamable).retain(|id, _| live.contains(id));
     }
 
-    /// Closes the sessions that have sent nothing since their handshake for the timeout.
+    /// Closes the sessions that have sent nothing since their handshake for the timeout. Each
+    /// record is judged once: the one decision both forgets it and closes it.
     async fn close_unused(&self) {
         let timeout = self.inner.unused_timeout;
-        let unused: Vec<String> = {
-            let mut streamable = lock(&self.inner.streamable);
-            let ids = streamable.iter().filter(|(_, o)| o.unused(timeout)).map(|(id, _)| id.clone()).collect();
-            streamable.retain(|_, o| !o.unused(timeout));
-            ids
-        };
+        let mut unused = Vec::new();
+        lock(&self.inner.streamable).retain(|id, owned| {
+            let keep = !owned.unused(timeout);
+            if !keep {
+                unused.push(id.clone());
+            }
+            keep
+        });
         for id in &unused {
             let _ = self.inner.manager.close_session(&Arc::from(id.as_str())).await;
         }
-        let mut legacy = lock(&self.inner.legacy);
-        for owned in legacy.values().filter(|o| o.unused(timeout)) {
-            if let Some(stop) = &owned.stop {
-                stop.cancel();
+        let mut closed = unused.len();
+        lock(&self.inner.legacy).retain(|_, owned| {
+            let keep = !owned.unused(timeout);
+            if !keep {
+                closed += 1;
+                if let Some(stop) = &owned.stop {
+                    stop.cancel();
+                }
             }
-        }
-        let before = legacy.len();
-        legacy.retain(|_, o| !o.unused(timeout));
-        let closed = unused.len() + before - legacy.len();
+            keep
+        });
         if closed > 0 {
             tracing::info!("closed {closed} sessions that sent nothing after their handshake");
         }
