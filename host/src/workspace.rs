@@ -132,8 +132,7 @@ impl Workspace {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
-        let mut index = Index::default();
-        walk(&dir, &mut index)?;
+        let index = walk(&dir)?;
         let ledger = Ledger::under(quota, index.bytes(), index.count(), parent);
         Ok(Workspace { root, dir, ledger, read_only: false })
     }
@@ -156,15 +155,9 @@ impl Workspace {
         &self.root
     }
 
-    pub fn quota(&self) -> Quota {
-        self.ledger.quota()
-    }
-
     /// Walks the workspace without following links.
     pub fn index(&self) -> io::Result<Index> {
-        let mut index = Index::default();
-        walk(&self.dir, &mut index)?;
-        Ok(index)
+        walk(&self.dir)
     }
 
     /// Reads a file, or the part of it from `offset`, at most `length` bytes.
@@ -397,7 +390,8 @@ fn is_in_flight(name: &str) -> bool {
 
 /// Every entry under `root`, at any depth, without following links (a loop, not recursion: a
 /// tree made from outside may be deeper than any stack).
-fn walk(root: &Dir, index: &mut Index) -> io::Result<()> {
+fn walk(root: &Dir) -> io::Result<Index> {
+    let mut index = Index::default();
     let mut folders = vec![(root.try_clone()?, String::new())];
     while let Some((dir, prefix)) = folders.pop() {
         for entry in dir.entries()? {
@@ -412,7 +406,7 @@ fn walk(root: &Dir, index: &mut Index) -> io::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(index)
 }
 
 #[cfg(test)]

@@ -307,8 +307,13 @@ pub fn reset_peak_rss() {
 
 /// This process's peak RSS in MB since the last reset, from /proc/self/status.
 pub fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM")
+}
+
+/// A memory figure of this process from /proc/self/status (e.g. `VmRSS`), in MB.
+pub(super) fn status_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }

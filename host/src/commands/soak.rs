@@ -19,7 +19,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde::Serialize;
 
-use super::bench::{Latency, local_server};
+use super::bench::{Latency, local_server, status_mb};
 use crate::config::Settings;
 use crate::progress::Progress;
 
@@ -216,10 +216,7 @@ async fn sample_rss(end: Instant) -> f64 {
 }
 
 fn rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some((kb / 1024.0 * 10.0).round() / 10.0)
+    status_mb("VmRSS")
 }
 
 /// Bytes under `root` (file lengths).

@@ -211,6 +211,12 @@ impl Drop for Counted<'_> {
 mod tests {
     use super::*;
 
+    /// Asks for a slot as `share`, from a task of its own.
+    fn queue(admission: &Arc<Admission>, share: &'static str) -> tokio::task::JoinHandle<Result<(), Busy>> {
+        let admission = admission.clone();
+        tokio::spawn(async move { admission.admit(false, share).await.map(|_| ()) })
+    }
+
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_next_share_in_turn() {
         let admission = Arc::new(Admission::new(1, 16, 16));
@@ -244,16 +250,10 @@ mod tests {
     async fn a_waiter_that_gives_up_hands_its_slot_on() {
         let admission = Arc::new(Admission::new(1, 16, 16));
         let first = admission.admit(false, "a").await.expect("a free slot");
-        let quitter = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(false, "q").await.map(|_| ()) })
-        };
+        let quitter = queue(&admission, "q");
         let mut stats = admission.watch();
         let _ = stats.wait_for(|s| s.waiting == 1).await;
-        let patient = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(false, "p").await.map(|_| ()) })
-        };
+        let patient = queue(&admission, "p");
         let _ = stats.wait_for(|s| s.waiting == 2).await;
         quitter.abort();
         let _ = stats.wait_for(|s| s.waiting == 1).await;
@@ -270,19 +270,13 @@ mod tests {
     async fn a_share_past_its_cap_is_refused_and_others_are_not() {
         let admission = Arc::new(Admission::new(1, 16, 2));
         let running = admission.admit(false, "a").await.expect("a free slot");
-        let waiter = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(false, "a").await.map(|_| ()) })
-        };
+        let waiter = queue(&admission, "a");
         let mut stats = admission.watch();
         let _ = stats.wait_for(|s| s.waiting == 1).await;
         let refused = admission.admit(false, "a").await.map(|_| ()).expect_err("a third call of a");
         assert_eq!(refused.per_principal, Some(2));
         assert!(refused.to_string().contains("2 calls"), "{refused}");
-        let other = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(false, "b").await.map(|_| ()) })
-        };
+        let other = queue(&admission, "b");
         let _ = stats.wait_for(|s| s.waiting == 2).await;
         let _nested = admission.admit(true, "a").await.expect("a nested call uses its caller's slot");
         drop(running);
@@ -297,8 +291,7 @@ mod tests {
         let _running = admission.admit(false, "a").await.expect("a free slot");
         let mut waiters = Vec::new();
         for share in ["b", "c"] {
-            let admission = admission.clone();
-            waiters.push(tokio::spawn(async move { admission.admit(false, share).await.map(|_| ()) }));
+            waiters.push(queue(&admission, share));
         }
         let mut stats = admission.watch();
         let _ = stats.wait_for(|s| s.waiting == 2).await;

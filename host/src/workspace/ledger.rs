@@ -130,10 +130,6 @@ impl Ledger {
         (held.bytes, held.entries)
     }
 
-    pub fn quota(&self) -> Quota {
-        self.quota
-    }
-
     /// Changes refused since the ledger was made (by it or its parent).
     pub fn refusals(&self) -> u64 {
         self.held().refused

@@ -45,6 +45,22 @@ pub(crate) fn take(budget: &BudgetRef, bytes: u64, entries: u64) -> std::io::Res
     }
 }
 
+/// Runs `op` with `bytes` and `entries` taken from `budget` first (or fails with `ENOSPC`),
+/// giving them back if `op` fails.
+pub(crate) fn taken<R>(
+    budget: &BudgetRef,
+    bytes: u64,
+    entries: u64,
+    op: impl FnOnce() -> std::io::Result<R>,
+) -> std::io::Result<R> {
+    take(budget, bytes, entries)?;
+    let result = op();
+    if result.is_err() {
+        give(budget, bytes, entries);
+    }
+    result
+}
+
 pub(crate) fn give(budget: &BudgetRef, bytes: u64, entries: u64) {
     if let Some(b) = budget {
         if bytes > 0 || entries > 0 {
@@ -850,17 +866,9 @@ impl File {
         let budget = self.budget.clone();
         self.run_blocking(move |f| {
             let before = f.metadata()?.len();
-            take(&budget, size.saturating_sub(before), 0)?;
-            match f.set_len(size) {
-                Ok(()) => {
-                    give(&budget, before.saturating_sub(size), 0);
-                    Ok(())
-                }
-                Err(e) => {
-                    give(&budget, size.saturating_sub(before), 0);
-                    Err(e)
-                }
-            }
+            taken(&budget, size.saturating_sub(before), 0, || f.set_len(size))?;
+            give(&budget, before.saturating_sub(size), 0);
+            Ok::<_, std::io::Error>(())
         })
         .await?;
         Ok(())
@@ -960,12 +968,7 @@ impl Dir {
         }
         let budget = self.budget.clone();
         self.run_blocking(move |d| {
-            take(&budget, 0, 1)?;
-            let made = crate::filesystem::primitives::create_dir(d, path.as_ref(), &DirOptions::new());
-            if made.is_err() {
-                give(&budget, 0, 1);
-            }
-            made
+            taken(&budget, 0, 1, || crate::filesystem::primitives::create_dir(d, path.as_ref(), &DirOptions::new()))
         })
         .await?;
         Ok(())
@@ -1149,14 +1152,11 @@ impl Dir {
                     _ => 0,
                 });
                 let new_entry = u64::from(create && existing.is_none());
-                take(&budget, 0, new_entry)?;
-                let opened = open_plain(d, &path, &opts, oflags);
-                match (&opened, existing) {
-                    (Err(_), _) => give(&budget, 0, new_entry),
-                    (Ok(_), Some(size)) if truncate => give(&budget, size, 0),
-                    _ => {}
+                let opened = taken(&budget, 0, new_entry, || open_plain(d, &path, &opts, oflags))?;
+                if let (Some(size), true) = (existing, truncate) {
+                    give(&budget, size, 0);
                 }
-                opened
+                Ok(opened)
             })
             .await?;
 
@@ -1284,12 +1284,7 @@ impl Dir {
         }
         let budget = self.budget.clone();
         self.run_blocking(move |d| {
-            take(&budget, 0, 1)?;
-            let made = sys::symlink(src_path.as_ref(), d, dest_path.as_ref());
-            if made.is_err() {
-                give(&budget, 0, 1);
-            }
-            made
+            taken(&budget, 0, 1, || sys::symlink(src_path.as_ref(), d, dest_path.as_ref()))
         })
         .await?;
         Ok(())
