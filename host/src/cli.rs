@@ -67,8 +67,8 @@ impl LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the MCP tools over HTTP: streamable HTTP at /mcp, legacy HTTP+SSE at /sse and
-    /// /messages, with /healthz, /readyz and /metrics.
-    Serve(ServeArgs),
+    /// /messages, with /healthz, /readyz, /metrics and, with OAuth, /.well-known metadata.
+    Serve(Box<ServeArgs>),
     /// Serve the MCP tools over stdin/stdout, for a local agent that starts toolhost itself
     /// (e.g. Claude Desktop). Logs go to stderr.
     Stdio(StdioArgs),
@@ -168,6 +168,26 @@ pub struct ServerArgs {
         value_name = "TOKEN"
     )]
     pub tokens: Vec<String>,
+
+    /// OAuth 2.1: the identity provider whose JWT access tokens are accepted (its issuer URL,
+    /// exactly as in its tokens' `iss`), e.g. https://login.example.com/realms/acme. Its metadata
+    /// and keys are read from its well-known documents. Static tokens keep working beside it.
+    #[arg(long, env = "TOOLHOST_OAUTH_ISSUER", value_name = "URL")]
+    pub oauth_issuer: Option<String>,
+
+    /// OAuth: the audience (`aud`) access tokens must name. Default: the public URL of /mcp.
+    #[arg(long, env = "TOOLHOST_OAUTH_AUDIENCE", value_name = "AUD", requires = "oauth_issuer")]
+    pub oauth_audience: Option<String>,
+
+    /// OAuth: scopes every access token must carry, comma-separated (403 otherwise).
+    #[arg(long, env = "TOOLHOST_OAUTH_SCOPES", value_delimiter = ',', value_name = "SCOPE", requires = "oauth_issuer")]
+    pub oauth_scopes: Vec<String>,
+
+    /// The URL clients reach this server at (scheme, host, port, and a path prefix if a proxy
+    /// adds one), e.g. https://toolhost.example.com. OAuth metadata names it. Default
+    /// http://<listen address>.
+    #[arg(long, env = "TOOLHOST_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 
     /// Serve without tokens on a non-loopback address (refused otherwise).
     #[arg(long, env = "TOOLHOST_ALLOW_UNAUTHENTICATED")]

@@ -58,6 +58,18 @@ pub struct ServerFile {
     /// Bearer tokens clients must send. Env `TOOLHOST_TOKENS` (comma-separated). Default: none,
     /// which is refused beyond loopback unless `allow_unauthenticated`.
     pub tokens: Option<Vec<String>>,
+    /// OAuth 2.1: the identity provider whose JWT access tokens are accepted, exactly as in their
+    /// `iss`. Flag `--oauth-issuer`, env `TOOLHOST_OAUTH_ISSUER`. Default: none (no OAuth).
+    pub oauth_issuer: Option<String>,
+    /// OAuth: the audience access tokens must name. Flag `--oauth-audience`, env
+    /// `TOOLHOST_OAUTH_AUDIENCE`. Default: `<public_url>/mcp`.
+    pub oauth_audience: Option<String>,
+    /// OAuth: scopes every access token must carry. Flag `--oauth-scopes`, env
+    /// `TOOLHOST_OAUTH_SCOPES` (comma-separated). Default: none.
+    pub oauth_scopes: Option<Vec<String>>,
+    /// The URL clients reach this server at. Flag `--public-url`, env `TOOLHOST_PUBLIC_URL`.
+    /// Default `http://<listen>`.
+    pub public_url: Option<String>,
     /// Serve without tokens on a non-loopback address. Flag `--allow-unauthenticated`. Default
     /// false.
     pub allow_unauthenticated: Option<bool>,
@@ -241,6 +253,10 @@ pub const DEFAULT_CODE_MODE_MAX_CALLS: u32 = 1000;
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub tokens: Vec<String>,
+    /// OAuth 2.1 protected resource, when an issuer is configured.
+    pub oauth: Option<OAuthSettings>,
+    /// The URL clients use; `None`: `http://<listen>`, known once the port is bound.
+    pub public_url: Option<String>,
     pub allow_unauthenticated: bool,
     /// Host header values accepted besides loopback names.
     pub allowed_hosts: Vec<String>,
@@ -254,6 +270,17 @@ pub struct ServerSettings {
     pub max_sessions: usize,
     /// Sessions open at once, per principal.
     pub max_sessions_per_principal: usize,
+}
+
+/// Whose access tokens are accepted, and what they must say.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    /// The issuer URL, exactly as tokens name it (no trailing `/` added or removed).
+    pub issuer: String,
+    /// The audience tokens must name; `None`: the public URL of `/mcp`.
+    pub audience: Option<String>,
+    /// Scopes every token must carry.
+    pub scopes: Vec<String>,
 }
 
 /// The flags of the command being run; commands without a group pass its defaults.
@@ -398,7 +425,44 @@ fn merge_server(flags: &ServerArgs, file: &ServerFile) -> Result<ServerSettings>
         if flags.tokens.is_empty() { file.tokens.clone().unwrap_or_default() } else { flags.tokens.clone() };
     let tokens: Vec<String> = tokens.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
     let allow_unauthenticated = flags.allow_unauthenticated || file.allow_unauthenticated.unwrap_or(false);
+    let public_url =
+        flags.public_url.clone().or_else(|| file.public_url.clone()).map(|url| url.trim_end_matches('/').to_string());
+    if let Some(url) = &public_url {
+        web_url("--public-url", url)?;
+    }
+    let oauth = match flags.oauth_issuer.clone().or_else(|| file.oauth_issuer.clone()) {
+        None => {
+            if flags.oauth_audience.is_some() || file.oauth_audience.is_some() || file.oauth_scopes.is_some() {
+                bail!("oauth_audience and oauth_scopes need an issuer: set --oauth-issuer (TOOLHOST_OAUTH_ISSUER)");
+            }
+            None
+        }
+        Some(issuer) => {
+            web_url("--oauth-issuer", &issuer)?;
+            if public_url.is_none() && listen.ip().is_unspecified() {
+                bail!(
+                    "--oauth-issuer needs --public-url when listening on {listen}: the URL clients reach this \
+                     server at (e.g. https://toolhost.example.com), which OAuth metadata and the default \
+                     audience name"
+                );
+            }
+            let scopes = if flags.oauth_scopes.is_empty() {
+                file.oauth_scopes.clone().unwrap_or_default()
+            } else {
+                flags.oauth_scopes.clone()
+            };
+            Some(OAuthSettings {
+                issuer,
+                audience: flags.oauth_audience.clone().or_else(|| file.oauth_audience.clone()),
+                scopes: scopes.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            })
+        }
+    };
     let mut allowed_hosts = file.allowed_hosts.clone().unwrap_or_default();
+    // The public URL's host is this server's name: accept it without a second flag.
+    if let Some(host) = public_url.as_deref().and_then(|url| url.split_once("://")).map(|(_, rest)| rest) {
+        allowed_hosts.push(host.split('/').next().unwrap_or(host).to_ascii_lowercase());
+    }
     allowed_hosts.extend(flags.allowed_hosts.iter().cloned());
     let mut allowed_origins = file.allowed_origins.clone().unwrap_or_default();
     allowed_origins.extend(flags.allowed_origins.iter().cloned());
@@ -406,6 +470,8 @@ fn merge_server(flags: &ServerArgs, file: &ServerFile) -> Result<ServerSettings>
     Ok(ServerSettings {
         listen,
         tokens,
+        oauth,
+        public_url,
         allow_unauthenticated,
         allowed_hosts,
         allowed_origins,
@@ -432,15 +498,32 @@ fn merge_server(flags: &ServerArgs, file: &ServerFile) -> Result<ServerSettings>
 impl ServerSettings {
     /// Listening beyond loopback without tokens is refused unless explicitly allowed.
     pub fn check_exposure(&self) -> Result<()> {
-        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.allow_unauthenticated {
+        if !self.listen.ip().is_loopback()
+            && self.tokens.is_empty()
+            && self.oauth.is_none()
+            && !self.allow_unauthenticated
+        {
             bail!(
                 "refusing to listen on {} without authentication: anyone who can reach it could run code. \
-                 Set TOOLHOST_TOKENS (comma-separated bearer tokens) or pass --allow-unauthenticated",
+                 Set TOOLHOST_TOKENS (comma-separated bearer tokens) or --oauth-issuer, or pass \
+                 --allow-unauthenticated",
                 self.listen
             );
         }
         Ok(())
     }
+}
+
+/// An absolute http(s) URL with a host, or a clear error naming the setting.
+fn web_url(what: &str, url: &str) -> Result<()> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("{what} must be an absolute URL such as https://host.example, not {url:?}");
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.starts_with('/') || url.contains(['?', '#', ' '])
+    {
+        bail!("{what} must be an http(s) URL with a host and no query, not {url:?}");
+    }
+    Ok(())
 }
 
 fn seconds(what: &str, value: f64, min: f64) -> Result<Duration> {
@@ -522,6 +605,41 @@ mod tests {
         public(vec![], true).expect("explicitly allowed");
         let loopback = Settings::merge(&global(), &Flags::default(), FileConfig::default()).expect("settings");
         loopback.server.check_exposure().expect("loopback needs no tokens");
+    }
+
+    #[test]
+    fn oauth_needs_an_issuer_and_on_a_public_address_a_public_url() {
+        let merge = |server: ServerArgs, file: &str| {
+            let flags = Flags { server, ..Flags::default() };
+            Settings::merge(&global(), &flags, toml::from_str(file).expect("toml")).map(|s| s.server)
+        };
+        let issuer = || Some("https://id.example/realms/acme".to_string());
+        let everywhere = Some("0.0.0.0:8000".parse().expect("addr"));
+        let err = merge(ServerArgs { oauth_issuer: issuer(), listen: everywhere, ..ServerArgs::default() }, "")
+            .expect_err("no public url");
+        assert!(err.to_string().contains("--public-url"), "{err}");
+        let server = merge(
+            ServerArgs {
+                oauth_issuer: issuer(),
+                listen: everywhere,
+                public_url: Some("https://Toolhost.example.com:8443/".into()),
+                oauth_scopes: vec![" mcp:tools ".into(), String::new()],
+                ..ServerArgs::default()
+            },
+            "",
+        )
+        .expect("settings");
+        let oauth = server.oauth.as_ref().expect("oauth");
+        assert_eq!((oauth.scopes.as_slice(), oauth.audience.as_deref()), (&["mcp:tools".to_string()][..], None));
+        assert_eq!(server.public_url.as_deref(), Some("https://Toolhost.example.com:8443"));
+        assert!(server.allowed_hosts.contains(&"toolhost.example.com:8443".to_string()), "{:?}", server.allowed_hosts);
+        server.check_exposure().expect("OAuth is authentication");
+        let err = merge(ServerArgs::default(), "[server]\noauth_scopes = [\"a\"]\n").expect_err("scopes alone");
+        assert!(err.to_string().contains("--oauth-issuer"), "{err}");
+        for bad in ["id.example", "ftp://id.example", "https://", "https://id.example/?x=1"] {
+            let args = ServerArgs { oauth_issuer: Some(bad.into()), ..ServerArgs::default() };
+            assert!(merge(args, "").is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Who a request acts for. Today a static bearer token, named by a short hash of it (never
-//! the token itself), or `anonymous` when the server has no tokens. Every session is bound
-//! to the principal that opened it.
+//! Who a request acts for: an OAuth subject (its issuer and `sub`), a static bearer token
+//! (named by a short hash of it, never the token itself), or `anonymous` when the server has
+//! no authentication. Every session is bound to the principal that opened it.
 
 use std::fmt;
 
@@ -18,6 +18,11 @@ impl Principal {
     /// The holder of a static bearer token.
     pub fn token(token: &[u8]) -> Principal {
         Principal(format!("token:{}", &sha256_bytes(token)[..12]))
+    }
+
+    /// The subject `sub` of the OAuth issuer `iss`: the same person whichever token they use.
+    pub fn oauth(issuer: &str, subject: &str) -> Principal {
+        Principal(format!("oauth:{subject}@{issuer}"))
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,10 +1,12 @@
 //! The HTTP server: one axum router with streamable HTTP at `/mcp` (rmcp's service), the legacy
-//! HTTP+SSE transport at `/sse` + `/messages`, `/healthz`, `/readyz` and `/metrics`. The MCP
-//! endpoints sit behind one guard (Host, Origin, bearer token, body size). Shutdown stops
+//! HTTP+SSE transport at `/sse` + `/messages`, `/healthz`, `/readyz`, `/metrics` and, with OAuth,
+//! the `/.well-known` metadata. The MCP endpoints sit behind one guard (Host, Origin, bearer
+//! token or OAuth access token, body size). Shutdown stops
 //! accepting, lets running calls finish within the grace period, then closes the sessions.
 
 mod guard;
 mod health;
+mod oauth;
 mod owners;
 mod sse;
 
@@ -42,9 +44,19 @@ impl Server {
         Server { app, settings, sessions: CancellationToken::new() }
     }
 
-    /// The router: MCP endpoints behind the guard, health and metrics open.
+    /// The URL clients reach us at: configured, else our listen address.
+    pub fn public_url(&self) -> String {
+        self.settings.public_url.clone().unwrap_or_else(|| format!("http://{}", self.settings.listen))
+    }
+
+    /// The router: MCP endpoints behind the guard; health, metrics and OAuth metadata open.
     pub fn router(&self) -> Router {
         let app = self.app.clone();
+        let oauth = self
+            .settings
+            .oauth
+            .as_ref()
+            .map(|settings| oauth::Resource::start(settings, &self.public_url(), self.sessions.child_token()));
         let mut session_manager = LocalSessionManager::default();
         session_manager.session_config.keep_alive = Some(self.settings.session_idle_timeout);
         let config = StreamableHttpServerConfig::default()
@@ -75,10 +87,15 @@ impl Server {
             .route("/sse", get(sse::open))
             .route("/messages", post(sse::message))
             .with_state(legacy)
-            .layer(axum::middleware::from_fn_with_state(guard::Policy::new(&self.settings), guard::check));
+            .layer(axum::middleware::from_fn_with_state(
+                guard::Policy::new(&self.settings, oauth.clone()),
+                guard::check,
+            ));
+        let metadata = oauth.as_ref().map(oauth::Resource::routes).unwrap_or_default();
         Router::new()
             .merge(mcp)
-            .merge(health::router(self.app.clone()))
+            .merge(metadata)
+            .merge(health::router(self.app.clone(), oauth))
             .layer(axum::extract::DefaultBodyLimit::max(self.settings.max_body_bytes))
     }
 

@@ -239,7 +239,7 @@ impl Workspace {
             let mut file = folder.open_with(&tmp, OpenOptions::new().write(true).create_new(true))?;
             file.write_all(bytes)?;
             file.sync_all()?;
-            folder.rename(&tmp, &folder, &name)
+            folder.rename(&tmp, &folder, name)
         })();
         if written.is_err() {
             let _ = folder.remove_file(&tmp);

@@ -110,11 +110,11 @@ class ServerLog:
 
 
 @contextlib.contextmanager
-def default_server(tmp_path, *args):
+def default_server(tmp_path, *args, port=None):
     """`toolhost serve` as the README starts it, from the repository root with its defaults
-    (loopback, no token, ./tools, info logs), but on a free port and with a temp workspaces
-    folder. Yields (url, log) once it is ready."""
-    port = free_port()
+    (loopback, no token, ./tools, info logs), but on a free port (or `port`) and with a temp
+    workspaces folder. Yields (url, log) once it is ready."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLHOST_")}
     env.update(TOOLHOST_CACHE=os.environ["TOOLHOST_CACHE"], TOOLHOST_WORKSPACES=str(tmp_path / "ws"))
     server = subprocess.Popen(

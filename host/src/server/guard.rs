@@ -1,6 +1,7 @@
 //! The guard in front of every MCP endpoint: the Host header must name this server (DNS
-//! rebinding), a browser's Origin must be one we accept, the bearer token must match (compared
-//! in constant time), and the body must fit the cap. Each refusal says why and what to do.
+//! rebinding), a browser's Origin must be one we accept, the bearer token must be a static token
+//! (compared in constant time) or a valid OAuth access token, and the body must fit the cap.
+//! Each refusal says why and what to do.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
+use super::oauth::{Rejection, Resource};
 use crate::config::ServerSettings;
 use crate::principal::Principal;
 
@@ -26,11 +28,13 @@ struct Rules {
     port: u16,
     origins: Vec<String>,
     tokens: Vec<Vec<u8>>,
+    /// OAuth, when an issuer is configured.
+    oauth: Option<Arc<Resource>>,
     max_body_bytes: usize,
 }
 
 impl Policy {
-    pub fn new(settings: &ServerSettings) -> Policy {
+    pub fn new(settings: &ServerSettings, oauth: Option<Arc<Resource>>) -> Policy {
         let mut hosts: Vec<String> = LOOPBACK_NAMES.iter().map(|h| h.to_string()).collect();
         hosts.extend(settings.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()));
         if !settings.listen.ip().is_unspecified() {
@@ -41,6 +45,7 @@ impl Policy {
             port: settings.listen.port(),
             origins: settings.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
             tokens: settings.tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            oauth,
             max_body_bytes: settings.max_body_bytes,
         }))
     }
@@ -75,21 +80,16 @@ pub async fn check(State(policy): State<Policy>, mut request: Request, next: Nex
             );
         }
     }
-    let mut principal = Principal::anonymous();
-    if !rules.tokens.is_empty() {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .map(str::trim);
-        match presented {
-            None => return unauthorized("missing bearer token: send `Authorization: Bearer <token>`", None),
-            Some(token) if !token_matches(&rules.tokens, token.as_bytes()) => {
-                return unauthorized("invalid bearer token", Some("invalid_token"));
-            }
-            Some(token) => principal = Principal::token(token.as_bytes()),
-        }
-    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(|token| token.trim().to_string());
+    let principal = match authenticate(rules, bearer.as_deref(), request.uri().path()).await {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal,
+    };
+    let headers = request.headers();
     let length =
         headers.get(header::CONTENT_LENGTH).and_then(|h| h.to_str().ok()).and_then(|h| h.parse::<usize>().ok());
     if let Some(length) = length
@@ -105,6 +105,45 @@ pub async fn check(State(policy): State<Policy>, mut request: Request, next: Nex
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// The principal the bearer token speaks for: a static token, else an OAuth access token.
+async fn authenticate(rules: &Rules, bearer: Option<&str>, path: &str) -> Result<Principal, Response> {
+    if rules.tokens.is_empty() && rules.oauth.is_none() {
+        return Ok(Principal::anonymous());
+    }
+    let oauth = rules.oauth.as_deref();
+    let Some(token) = bearer else {
+        return Err(unauthorized(oauth, path, None, "missing bearer token: send `Authorization: Bearer <token>`"));
+    };
+    if token_matches(&rules.tokens, token.as_bytes()) {
+        return Ok(Principal::token(token.as_bytes()));
+    }
+    let Some(resource) = oauth else {
+        return Err(unauthorized(
+            None,
+            path,
+            Some(&Rejection::Malformed("not a configured token".into())),
+            "invalid bearer token",
+        ));
+    };
+    match resource.authenticate(token).await {
+        Ok(principal) => Ok(principal),
+        Err(Rejection::Unavailable(why)) => {
+            let mut response =
+                refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot check the access token now: {why}"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            Err(response)
+        }
+        Err(rejection) => {
+            let status =
+                if matches!(rejection, Rejection::Scope(_)) { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+            let message = rejection.to_string();
+            let mut response = refuse(status, message);
+            set_challenge(&mut response, resource.challenge(path, Some(&rejection)));
+            Err(response)
+        }
+    }
 }
 
 /// Compares against every token, each in constant time, without stopping at the first match.
@@ -170,16 +209,22 @@ fn refuse(status: StatusCode, message: String) -> Response {
     (status, message).into_response()
 }
 
-fn unauthorized(message: &str, error: Option<&str>) -> Response {
-    let challenge = match error {
-        Some(error) => format!("Bearer realm=\"toolhost\", error=\"{error}\""),
-        None => "Bearer realm=\"toolhost\"".to_string(),
+/// 401 with the challenge: OAuth's (where to find the resource metadata) or plain `Bearer`.
+fn unauthorized(oauth: Option<&Resource>, path: &str, rejection: Option<&Rejection>, message: &str) -> Response {
+    let challenge = match (oauth, rejection) {
+        (Some(resource), _) => resource.challenge(path, rejection),
+        (None, Some(_)) => "Bearer realm=\"toolhost\", error=\"invalid_token\"".to_string(),
+        (None, None) => "Bearer realm=\"toolhost\"".to_string(),
     };
     let mut response = refuse(StatusCode::UNAUTHORIZED, message.to_string());
+    set_challenge(&mut response, challenge);
+    response
+}
+
+fn set_challenge(response: &mut Response, challenge: String) {
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     }
-    response
 }
 
 #[cfg(test)]
@@ -222,6 +267,7 @@ mod tests {
             port: 8000,
             origins: vec!["https://app.example".into()],
             tokens: vec![],
+            oauth: None,
             max_body_bytes: 1,
         };
         assert!(origin_allowed(&rules, "http://localhost:8000"));

@@ -1,5 +1,6 @@
-//! `/healthz` (the process answers), `/readyz` (the runtime is compiled and loaded, and we are
-//! not shutting down) and `/metrics` (Prometheus text).
+//! `/healthz` (the process answers), `/readyz` (the runtime is compiled and loaded, the OAuth
+//! issuer's metadata and keys are read when OAuth is on, and we are not shutting down) and
+//! `/metrics` (Prometheus text).
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,20 +12,36 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
+use super::oauth::Resource;
 use crate::app::App;
 use crate::sandbox::readiness::State as Readiness;
 
-pub fn router(app: Arc<App>) -> Router {
+/// What the health endpoints look at.
+#[derive(Clone)]
+struct Health {
+    app: Arc<App>,
+    oauth: Option<Arc<Resource>>,
+}
+
+pub fn router(app: Arc<App>, oauth: Option<Arc<Resource>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(app)
+        .with_state(Health { app, oauth })
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn readyz(State(Health { app, oauth }): State<Health>) -> impl IntoResponse {
     if app.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "shutting_down"})));
+    }
+    if let Some(oauth) = oauth
+        && let Some(why) = oauth.unready().await
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "waiting_for_oauth_issuer", "error": why})),
+        );
     }
     match app.services.sandbox.state() {
         Readiness::Ready(_) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
@@ -35,7 +52,7 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn metrics(State(Health { app, .. }): State<Health>) -> impl IntoResponse {
     let Some(handle) = METRICS.get() else {
         return (
             StatusCode::NOT_FOUND,
