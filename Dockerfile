@@ -16,6 +16,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY host ./host
+# The patched wasmtime crates Cargo.toml's [patch.crates-io] points at (vendor/README.md).
+COPY vendor ./vendor
 # include_str! embeds the runtime manifests and guest preludes in the binary.
 COPY guest-runtimes ./guest-runtimes
 # host/Cargo.toml names tests/all as a test target; it is not built here.
@@ -41,9 +43,14 @@ USER ${UID}:${UID}
 RUN toolhost runtime fetch --compile \
     && toolhost run -c 'print(1 + 1)'
 
-# --- runtime: slim, non-root, no package manager work --------------------------------------
+# --- runtime: slim, non-root; CA certificates its only package ------------------------------
 FROM debian:bookworm-slim AS runtime
 ARG UID
+# CA certificates: with OAuth, toolhost reads the identity provider's metadata and keys over https.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid "${UID}" toolhost \
     && useradd --system --uid "${UID}" --gid "${UID}" --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin toolhost \

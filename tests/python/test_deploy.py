@@ -647,6 +647,21 @@ def test_copy_sources_exist_and_stages_are_defined():
     assert len(set(seen)) == len(seen), f"stage names repeat: {seen}"
 
 
+def test_the_build_stage_copies_every_local_crate_cargo_needs():
+    """`cargo build --locked` resolves the whole workspace: every `path =` crate in Cargo.toml
+    (the vendored, patched wasmtime crates) must be in the build stage, or the build fails."""
+    import tomllib
+
+    manifest = tomllib.loads((REPO / "Cargo.toml").read_text())
+    paths = [dep["path"] for dep in manifest.get("patch", {}).get("crates-io", {}).values() if "path" in dep]
+    assert paths, "Cargo.toml patches the vendored wasmtime crates"
+    build = next(stage for stage in stages() if stage["name"] == "build")
+    copied = [flags_and_words(value)[1][:-1] for value in instructions(build, "COPY")]
+    copied = [Path(source) for sources in copied for source in sources]
+    for path in paths:
+        assert any(Path(path) == c or c in Path(path).parents for c in copied), f"the build stage does not COPY {path}"
+
+
 def dockerignore_patterns():
     lines = (REPO / ".dockerignore").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]

@@ -305,3 +305,31 @@ async def test_the_official_sdk_discovers_the_provider_through_resource_metadata
                 result = await session.call_tool("code_interpreter", {"code": "print(2 ** 10)"})
                 assert result.structured_content["stdout"] == "1024\n", result
     assert decode(auth.context.current_tokens.access_token)[1]["sub"] == "carol"
+
+
+def test_the_guides_mistral_program_signs_in_and_runs_code(server, tmp_path):
+    """docs/oauth.md's program, as written, with a stand-in for the browser (BROWSER)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url, _, _ = server
+    here = Path(__file__).resolve().parent
+    page = (here.parents[1] / "docs" / "oauth.md").read_text()
+    program = re.search(r"<!-- tested: mistral-oauth -->\n```python\n(.*?)^```$", page, re.S | re.M).group(1)
+    assert 'os.environ.get("TOOLHOST_URL", "https://toolhost.example.com")' in program
+    script = tmp_path / "mistral_oauth.py"
+    script.write_text(program)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(
+        TOOLHOST_URL=url,
+        CALLBACK_PORT=str(free_port()),
+        BROWSER=f"{sys.executable} {here / 'oauth_browser.py'} %s",
+        PYTHONPATH=str(here),
+        OAUTH_USER="dana",
+    )
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert "signed in\n" in done.stdout and "[{'type': 'text', 'text': '42\\n'}]" in done.stdout, done.stdout
