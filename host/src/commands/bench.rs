@@ -1,6 +1,8 @@
 //! `toolhost bench`: the five workloads (README, "Performance") at each concurrency level, in process
 //! (the sandbox alone) and end to end (rmcp clients over streamable HTTP to a server on
-//! 127.0.0.1): min/p50/p95/p99/max latency per call, calls per second, peak RSS.
+//! 127.0.0.1): min/p50/p95/p99/max latency per call, calls per second, peak RSS, and two ratios:
+//! scaling (calls/s over the same workload's at concurrency 1) and, over HTTP, the share of the
+//! in-process throughput at the same concurrency.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -75,7 +77,33 @@ pub struct Row {
     #[serde(flatten)]
     pub latency: Option<Latency>,
     pub peak_rss_mb: Option<f64>,
+    /// calls/s over this mode and workload's at concurrency 1.
+    pub scaling: Option<f64>,
+    /// HTTP only: calls/s over the in-process calls/s at the same workload and concurrency.
+    pub of_in_process: Option<f64>,
     pub skipped: Option<String>,
+}
+
+impl Row {
+    fn calls_per_s(&self) -> Option<f64> {
+        self.latency.as_ref().map(|l| l.calls_per_s)
+    }
+
+    /// Fills the ratios from the rows measured before this one.
+    fn compare(&mut self, earlier: &[Row]) {
+        let Some(rate) = self.calls_per_s() else { return };
+        let find = |mode: &str, concurrency: usize| {
+            earlier
+                .iter()
+                .find(|r| r.mode == mode && r.workload == self.workload && r.concurrency == concurrency)
+                .and_then(Row::calls_per_s)
+                .filter(|&base| base > 0.0)
+        };
+        self.scaling = if self.concurrency == 1 { Some(1.0) } else { find(self.mode, 1).map(|base| rate / base) };
+        if self.mode == "http" {
+            self.of_in_process = find("in-process", self.concurrency).map(|base| rate / base);
+        }
+    }
 }
 
 /// What the calls go to: the sandbox in this process, or an MCP server over HTTP.
@@ -166,7 +194,8 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
                     continue;
                 }
                 for &concurrency in &levels {
-                    let row = measure(target.clone(), name, code, concurrency, args.iterations, budget).await?;
+                    let mut row = measure(target.clone(), name, code, concurrency, args.iterations, budget).await?;
+                    row.compare(&rows);
                     if !args.json {
                         print_row(&row, rows.is_empty());
                     }
@@ -229,6 +258,8 @@ async fn measure(
         concurrency,
         latency: None,
         peak_rss_mb: None,
+        scaling: None,
+        of_in_process: None,
         skipped: None,
     };
     // One warm-up call, which also tells whether the runtime can run this workload.
@@ -265,7 +296,7 @@ async fn measure(
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:<11} {:<15} {:>4} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+            "{:<11} {:<15} {:>4} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8}",
             "mode",
             "workload",
             "conc",
@@ -276,12 +307,14 @@ fn print_row(row: &Row, header: bool) {
             "p99 ms",
             "max ms",
             "calls/s",
-            "peak RSS"
+            "peak RSS",
+            "scale",
+            "of in-p"
         );
     }
     match (&row.latency, &row.skipped) {
         (Some(l), _) => println!(
-            "{:<11} {:<15} {:>4} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>6.0} MB",
+            "{:<11} {:<15} {:>4} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>6.0} MB {:>6} {:>8}",
             row.mode,
             row.workload,
             row.concurrency,
@@ -292,7 +325,9 @@ fn print_row(row: &Row, header: bool) {
             l.p99_ms,
             l.max_ms,
             l.calls_per_s,
-            row.peak_rss_mb.unwrap_or(0.0)
+            row.peak_rss_mb.unwrap_or(0.0),
+            ratio(row.scaling, "x"),
+            ratio(row.of_in_process.map(|r| r * 100.0), "%"),
         ),
         (None, Some(why)) => println!("{:<11} {:<15} {:>4} skipped: {why}", row.mode, row.workload, row.concurrency),
         (None, None) => {}
@@ -301,6 +336,15 @@ fn print_row(row: &Row, header: bool) {
 
 /// Resets the kernel's record of this process's peak RSS (VmHWM), so each measurement reports
 /// its own peak. Linux only; elsewhere the peak is the process's.
+/// A ratio for the table, or `-` when there is nothing to compare with.
+fn ratio(value: Option<f64>, unit: &str) -> String {
+    match value {
+        Some(v) if unit == "%" => format!("{v:.0}%"),
+        Some(v) => format!("{v:.2}{unit}"),
+        None => "-".into(),
+    }
+}
+
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
