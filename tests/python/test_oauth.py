@@ -333,3 +333,11 @@ def test_the_guides_mistral_program_signs_in_and_runs_code(server, tmp_path):
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     assert "signed in\n" in done.stdout and "[{'type': 'text', 'text': '42\\n'}]" in done.stdout, done.stdout
+
+
+def test_a_key_id_with_quotes_and_line_breaks_still_gets_a_well_formed_challenge(server):
+    url, provider, _ = server
+    token = mint(make_key("RS256"), provider.claims(scope=SCOPE), {"kid": 'x"\r\nSet-Cookie: a=b' + "k" * 500})
+    response = post_mcp(url, token)
+    assert_refused(response, 401, "does not publish")
+    assert "set-cookie" not in response.headers and len(response.headers["www-authenticate"]) < 1000

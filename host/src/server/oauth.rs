@@ -139,7 +139,7 @@ impl Resource {
         }
         if let Some(refusal) = refusal {
             let error = if matches!(refusal, Rejection::Scope(_)) { "insufficient_scope" } else { "invalid_token" };
-            let description = refusal.to_string().replace(['"', '\\'], "'");
+            let description = quotable(&refusal.to_string());
             value.push_str(&format!(", error=\"{error}\", error_description=\"{description}\""));
         }
         value
@@ -166,6 +166,12 @@ impl Resource {
             .route("/.well-known/oauth-authorization-server", get(issuer_mirror))
             .with_state(self.clone())
     }
+}
+
+/// Text fit for a quoted header parameter: printable ASCII without `"` or `\\` (a refusal may
+/// quote a token's `kid`, which anyone can write).
+fn quotable(text: &str) -> String {
+    text.chars().map(|c| if (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\' { c } else { '\'' }).collect()
 }
 
 /// RFC 9728: what this resource is and who issues its tokens.
@@ -202,4 +208,16 @@ async fn issuer_mirror(State(resource): State<Arc<Resource>>) -> Response {
 fn public(mut response: Response) -> Response {
     response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_quoted_in_a_header_cannot_break_out_of_it() {
+        let text = quotable("kid \"a\\b\r\nSet-Cookie: x\u{e9}");
+        assert_eq!(text, "kid 'a'b''Set-Cookie: x'");
+        assert!(HeaderValue::from_str(&format!("Bearer error_description=\"{text}\"")).is_ok());
+    }
 }

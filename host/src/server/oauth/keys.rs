@@ -82,7 +82,8 @@ impl Keys {
         if loaded.fetched.is_none() {
             return Err(KeyError::Unavailable("the issuer's keys have not been read yet".into()));
         }
-        lookup(&loaded, kid)?.ok_or_else(|| KeyError::Unknown(kid.unwrap_or_default().to_string()))
+        // The id is the token's to choose: at most 64 characters of it go into messages.
+        lookup(&loaded, kid)?.ok_or_else(|| KeyError::Unknown(kid.unwrap_or_default().chars().take(64).collect()))
     }
 
     /// Fetches the set unless another fetch happened within `MIN_REFRESH`. A failed fetch keeps
