@@ -12,6 +12,19 @@ use tokio::sync::{Mutex, RwLock};
 
 use super::issuer;
 
+/// The signature algorithms accepted; a key or token naming any other is refused.
+pub const ACCEPTED: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 /// The shortest time between two fetches of the key set.
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 /// How long a fetched key set is trusted before it is read again.
@@ -141,7 +154,7 @@ fn usable(jwk: &Jwk) -> Option<Key> {
         return None;
     }
     let alg = match jwk.common.key_algorithm {
-        Some(alg) => Some(Algorithm::try_from(alg).ok().filter(|alg| super::token::ACCEPTED.contains(alg))?),
+        Some(alg) => Some(Algorithm::try_from(alg).ok().filter(|alg| ACCEPTED.contains(alg))?),
         None => None,
     };
     if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) {

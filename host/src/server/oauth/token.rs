@@ -3,24 +3,11 @@
 //! small leeway, a `sub`, and the required scopes. Each refusal says which check failed.
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Header, Validation};
+use jsonwebtoken::{Header, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::keys::Key;
-
-/// The signature algorithms accepted; a key or token naming any other is refused.
-pub const ACCEPTED: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+use super::keys::{ACCEPTED, Key};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_S: u64 = 30;
