@@ -40,7 +40,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TOOLHOST_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
-    /// Log filter, in `tracing` syntax (e.g. `info`, `toolhost=debug`).
+    /// Log filter, in `tracing` syntax (e.g. `info`, `toolhost=debug`). Default
+    /// `info,rmcp=warn,rmcp::service=error`.
     #[arg(long, global = true, env = "TOOLHOST_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 }

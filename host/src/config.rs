@@ -19,6 +19,11 @@ use crate::sandbox::{Limits, SandboxConfig};
 mod reference;
 pub use reference::reference;
 
+/// The log filter unless one is given: our own lines at info; the MCP library's per-session
+/// lines (opened, initialized, closed) and the protocol errors it answers clients with (an
+/// unsupported version on every discover probe) only when asked for.
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn,rmcp::service=error";
+
 /// The config file looked for in the current folder when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "toolhost.toml";
 
@@ -164,7 +169,8 @@ pub struct LogFile {
     /// Default `text`.
     pub format: Option<LogFormat>,
     /// In `tracing` syntax, e.g. `info` or `toolhost=debug`. Flag `--log`, env
-    /// `TOOLHOST_LOG`. Default `info`.
+    /// `TOOLHOST_LOG`. Default `info,rmcp=warn,rmcp::service=error`: the MCP library's
+    /// per-session chatter and the errors it answers clients with stay out of the log.
     pub filter: Option<String>,
 }
 
@@ -376,7 +382,7 @@ impl Settings {
         let server = merge_server(&all.server, &file.server)?;
         Ok(Settings {
             log_format: global.log_format.or(file.log.format).unwrap_or(LogFormat::Text),
-            log_filter: global.log.clone().or(file.log.filter).unwrap_or_else(|| "info".to_string()),
+            log_filter: global.log.clone().or(file.log.filter).unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string()),
             cache_dir,
             sandbox,
             app,

@@ -18,10 +18,15 @@ pub fn run(settings: Settings) -> Result<ExitCode> {
         })?;
         let (app, ready) = super::start_app(&settings)?;
         let address = listener.local_addr()?;
+        let auth = match (&settings.server.oauth, settings.server.tokens.is_empty()) {
+            (Some(oauth), true) => format!("OAuth access tokens from {} required", oauth.issuer),
+            (Some(oauth), false) => format!("bearer tokens or OAuth access tokens from {} required", oauth.issuer),
+            (None, false) => "bearer tokens required".to_string(),
+            (None, true) => "no authentication".to_string(),
+        };
         tracing::info!(
-            "toolhost {} listening on http://{address}: streamable HTTP at /mcp, legacy SSE at /sse; {}",
+            "toolhost {} listening on http://{address}: streamable HTTP at /mcp, legacy SSE at /sse; {auth}",
             env!("CARGO_PKG_VERSION"),
-            if settings.server.tokens.is_empty() { "no authentication" } else { "bearer tokens required" }
         );
         let (failed_tx, failed) = tokio::sync::oneshot::channel::<String>();
         tokio::spawn(async move {
