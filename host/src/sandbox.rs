@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -37,10 +37,6 @@ pub use readiness::{NotReady, Readiness};
 use crate::progress::Progress;
 use crate::runtime::{Cache, InstalledRuntime};
 use crate::workspace::{Ledger, Quota, Workspace};
-
-/// How long past its deadline a guest blocked in a host call (e.g. `time.sleep`) may take to
-/// notice, before its call is dropped.
-const DEADLINE_GRACE: Duration = Duration::from_millis(50);
 
 /// A read-only folder of the host mounted in the guest at `/<name>`.
 #[derive(Debug, Clone)]
@@ -372,9 +368,9 @@ fn refused_in_words(workspace: bool, principal: bool, tmp: bool, limits: &Limits
     (!said.is_empty()).then(|| said.join("; "))
 }
 
-/// Runs a guest on the sandbox's threads. Its deadline and cancellation are checked at every
-/// epoch tick while it computes; one blocked in a host call (e.g. `time.sleep`) is dropped at
-/// its deadline or cancellation instead. The result is sent before the spent store is dropped,
+/// Runs a guest on the sandbox's threads. At its deadline or cancellation the guest is dropped,
+/// wherever it is: one that computes yields every `engine::YIELD_FUEL` units of fuel, one
+/// blocked in a host call (e.g. `time.sleep`) is waiting on a future. The result is sent before the spent store is dropped,
 /// so the caller does not wait for its memory to be reset.
 fn spawn_guest(
     executor: &tokio::runtime::Handle,
@@ -382,7 +378,7 @@ fn spawn_guest(
     engine: wasmtime::Engine,
     run: call::GuestRun,
 ) -> tokio::sync::oneshot::Receiver<Result<outcome::Ran>> {
-    let deadline = tokio::time::Instant::from_std(run.deadline + DEADLINE_GRACE);
+    let deadline = tokio::time::Instant::from_std(run.deadline);
     let cancel = run.cancel.clone();
     let (result, receiver) = tokio::sync::oneshot::channel();
     executor.spawn(async move {

@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
-use wasmtime::{
-    Engine, Instance, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline,
-};
+use wasmtime::{Engine, Instance, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -28,12 +26,12 @@ use crate::workspace::Ledger;
 /// Tables may grow to this many elements (the guest starts with ~47k).
 const TABLE_LIMIT: usize = 1 << 20;
 
-/// The store's data: WASI, the memory limiter and what the epoch callback checks.
+/// The store's data: WASI, the memory limiter, the deadline (host calls that wait honour it)
+/// and the tools code mode may call.
 pub(super) struct CallState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
     pub(super) deadline: Instant,
-    cancel: CancellationToken,
     /// What answers the guest's `host.call`; `None`: the call offers no tools.
     pub(super) host_tools: Option<Arc<dyn HostTools>>,
 }
@@ -67,15 +65,6 @@ impl ResourceLimiter for MemoryLimiter {
     fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= TABLE_LIMIT)
     }
-}
-
-/// Why the epoch callback stopped the guest.
-#[derive(Debug, thiserror::Error)]
-enum Interrupted {
-    #[error("the deadline passed")]
-    Timeout,
-    #[error("the call was cancelled")]
-    Cancelled,
 }
 
 /// The runtime's own folders a guest sees, in the order they are preopened, before `/tmp`,
@@ -296,24 +285,15 @@ pub(super) fn store(
             denied: run.memory_denied.clone(),
         },
         deadline: run.deadline,
-        cancel: run.cancel.clone(),
         host_tools: run.host_tools.clone(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|context| {
-        let state = context.data();
-        if state.cancel.is_cancelled() {
-            return Err(Interrupted::Cancelled.into());
-        }
-        if Instant::now() >= state.deadline {
-            return Err(Interrupted::Timeout.into());
-        }
-        Ok(UpdateDeadline::Continue(1))
-    });
     // Instantiation maps the module's memory image copy-on-write; no guest code runs yet.
     store.set_fuel(u64::MAX)?;
+    // The guest yields every YIELD_FUEL units, so the call's deadline and cancellation reach
+    // it while it computes (`sandbox::spawn_guest`).
+    store.fuel_async_yield_interval(Some(super::engine::YIELD_FUEL))?;
     Ok(store)
 }
 
@@ -444,12 +424,6 @@ async fn drive_command(store: &mut Store<CallState>, instance: Instance) -> Resu
 pub(super) fn ending_of(error: wasmtime::Error) -> Result<Ending> {
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return Ok(Ending::Exited(exit.0));
-    }
-    if let Some(why) = error.downcast_ref::<Interrupted>() {
-        return Ok(match why {
-            Interrupted::Timeout => Ending::Timeout,
-            Interrupted::Cancelled => Ending::Cancelled,
-        });
     }
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return Ok(match trap {

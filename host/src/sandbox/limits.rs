@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Wall clock per call, enforced by epoch interruption (and, while the guest waits in a
-    /// host call such as `time.sleep`, by dropping the call).
+    /// Wall clock per call: at the deadline the call is dropped, whether the guest computes (it
+    /// yields every few milliseconds of fuel) or waits in a host call such as `time.sleep`.
     #[serde(with = "seconds")]
     pub timeout: Duration,
     /// Instructions (wasmtime fuel) per call. Large enough that the deadline usually comes
