@@ -132,7 +132,7 @@ async fn authenticate(rules: &Rules, bearer: Option<&str>, path: &str) -> Result
         Err(Rejection::Unavailable(why)) => {
             let mut response =
                 refuse(StatusCode::SERVICE_UNAVAILABLE, format!("cannot check the access token now: {why}"));
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(super::oauth::RETRY_AFTER_S));
             Err(response)
         }
         Err(rejection) => {

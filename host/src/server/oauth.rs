@@ -22,6 +22,8 @@ pub use token::Rejection;
 use crate::config::OAuthSettings;
 use crate::principal::Principal;
 
+/// Seconds a client is told to wait (`Retry-After`) while the issuer cannot be read.
+pub const RETRY_AFTER_S: u64 = 5;
 /// How often the issuer's metadata is read again once loaded.
 const METADATA_REFRESH: Duration = Duration::from_secs(3600);
 /// The longest wait between two attempts while the issuer cannot be read.
@@ -196,7 +198,7 @@ async fn issuer_mirror(State(resource): State<Arc<Resource>>) -> Response {
         Ok(metadata) => ([(header::CONTENT_TYPE, "application/json")], metadata.document.clone()).into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
+            [(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S))],
             axum::Json(json!({"error": "temporarily_unavailable", "error_description": why})),
         )
             .into_response(),

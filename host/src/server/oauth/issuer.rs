@@ -36,15 +36,13 @@ pub async fn discover(client: &reqwest::Client, issuer: &str) -> Result<Metadata
 
 /// Fetches a small JSON document (metadata or keys); the error is one line.
 pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Bytes, String> {
-    let response = client.get(url).header("accept", "application/json").send().await.map_err(|e| {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
-        }
-        text
-    })?;
+    // `{:#}` names every cause ("error sending request: connection refused").
+    let response = client
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
     }
