@@ -1,5 +1,6 @@
 //! The running service: its parts wired together (the tool services with the sandbox's
-//! readiness and the catalog, the sessions, the read-only resource roots). Each part owns its
+//! readiness and the catalog, the sessions over the workspace store, the read-only resource
+//! roots). Each part owns its
 //! own state; `App` only holds them. One `App` serves every transport.
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::sandbox::{Limits, ReadOnlyRoot};
 use crate::sessions::Sessions;
 use crate::tools::{Catalog, Services, org};
 use crate::workspace::{Quota, Workspace};
+use crate::workspaces::{self, Workspaces};
 
 /// A configured read-only folder: listed and readable as `file:///<name>/...`, mounted in the
 /// sandbox at `/<name>`.
@@ -34,16 +36,23 @@ pub struct App {
 }
 
 /// Guest paths a root may not take.
-const RESERVED: &[&str] = &["workspace", "tmp", "usr", "dev", "proc", org::TOOL_MOUNT];
+const RESERVED: &[&str] = &["workspace", "workspaces", "tmp", "usr", "dev", "proc", org::TOOL_MOUNT];
 
 impl App {
     /// The service with the built-in tools and the org tools of `settings.tools_dir`; its
     /// sandbox is set on `services.sandbox` once prepared.
     pub fn new(settings: &AppSettings, limits: Limits) -> Result<App> {
-        let quota = Quota { bytes: limits.workspace_bytes, files: limits.workspace_files };
-        let sessions =
-            Sessions::new(&settings.workspaces_dir, quota, limits.principal_disk_bytes, settings.workspace_linger)
-                .with_context(|| format!("cannot use {} for session workspaces", settings.workspaces_dir.display()))?;
+        let store = workspaces::Settings {
+            root: settings.workspaces_dir.clone(),
+            quota: Quota { bytes: limits.workspace_bytes, files: limits.workspace_files },
+            principal_bytes: limits.principal_disk_bytes,
+            ttl: settings.workspace_ttl,
+            max_per_principal: settings.max_workspaces_per_principal,
+            lock_timeout: settings.workspace_lock_timeout,
+        };
+        let workspaces = Workspaces::new(store)
+            .with_context(|| format!("cannot use {} for workspaces", settings.workspaces_dir.display()))?;
+        let sessions = Sessions::new(Arc::new(workspaces));
         let roots = settings.roots.iter().map(open_root).collect::<Result<Vec<_>>>()?;
         let root_names = roots.iter().map(|r| r.name.clone()).collect();
         let catalog = Catalog::load(&settings.tools_dir, limits, root_names, settings.code_mode_tools.clone());

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "A sandboxed code interpreter and tool host for AI agents, served over MCP",
     long_about = "toolhost runs untrusted Python for AI agents: every call gets a fresh \
                   WebAssembly instance of CPython (wasmtime, WASI) under fuel, memory, \
-                  wall-clock and output limits, with only the session's workspace to write to. \
+                  wall-clock and output limits, with only its workspace to write to. \
                   It serves the tools over MCP (streamable HTTP, legacy HTTP+SSE and stdio).\n\n\
                   Settings come from flags, then TOOLHOST_* environment variables, then the \
                   config file (--config, else ./toolhost.toml), then defaults.",
@@ -141,8 +141,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct StdioArgs {
-    /// A host folder to use as the session's /workspace, kept after exit. Default: a fresh
-    /// folder under the workspaces folder, removed after exit.
+    /// A host folder to use as the session's default workspace, kept as it is (calls name it by
+    /// its path). Default: a new workspace under --workspaces-dir, kept until --workspace-ttl.
     #[arg(long, env = "TOOLHOST_WORKSPACE", value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     #[command(flatten)]
@@ -236,13 +236,26 @@ pub struct ServerArgs {
 #[derive(Debug, Args, Default, Clone)]
 #[command(next_help_heading = "Service")]
 pub struct AppArgs {
-    /// Where session workspaces live. Default: the cache folder's `workspaces/`.
+    /// Where workspaces live, each named by its handle (ws_...). Several toolhost processes
+    /// may share it (a ReadWriteMany volume: NFS, CephFS, EFS). Default: the cache folder's
+    /// `workspaces/`.
     #[arg(long, env = "TOOLHOST_WORKSPACES", value_name = "DIR")]
     pub workspaces_dir: Option<PathBuf>,
 
-    /// Seconds a session's workspace is kept after the session ends. Default 600.
-    #[arg(long, env = "TOOLHOST_WORKSPACE_LINGER", value_name = "SECONDS")]
-    pub workspace_linger: Option<f64>,
+    /// A workspace unused for this long is removed with its files, e.g. 7d, 12h, 3600s.
+    /// Default 7d.
+    #[arg(long, env = "TOOLHOST_WORKSPACE_TTL", value_name = "DURATION")]
+    pub workspace_ttl: Option<String>,
+
+    /// Workspaces one principal may own at once; making one more is refused (an empty workspace
+    /// goes after an hour unused). Default 10000.
+    #[arg(long, env = "TOOLHOST_MAX_WORKSPACES_PER_PRINCIPAL", value_name = "N")]
+    pub max_workspaces_per_principal: Option<usize>,
+
+    /// Seconds a call that writes a workspace waits while another call (in any process) writes
+    /// it, before it is refused as busy. Default 60.
+    #[arg(long, env = "TOOLHOST_WORKSPACE_LOCK_TIMEOUT", value_name = "SECONDS")]
+    pub workspace_lock_timeout: Option<f64>,
 
     /// Send images (plots the code made, image files read) as image content to every client.
     /// Without it, only clients that connect with `?images=inline` get them: some clients (the
@@ -301,11 +314,11 @@ pub struct LimitArgs {
     #[arg(long, env = "TOOLHOST_RESULT_OUTPUT_BYTES", value_name = "BYTES")]
     pub result_output_bytes: Option<usize>,
 
-    /// Workspace quota in MiB per session. Default 256.
+    /// Quota of each workspace, in MiB. Default 256.
     #[arg(long, env = "TOOLHOST_WORKSPACE_MB", value_name = "MIB")]
     pub workspace_mb: Option<u64>,
 
-    /// Workspace quota in files per session. Default 2000.
+    /// Quota of each workspace, in files and folders. Default 2000.
     #[arg(long, env = "TOOLHOST_WORKSPACE_FILES", value_name = "COUNT")]
     pub workspace_files: Option<u64>,
 
@@ -313,8 +326,8 @@ pub struct LimitArgs {
     #[arg(long, env = "TOOLHOST_TMP_MB", value_name = "MIB")]
     pub tmp_mb: Option<u64>,
 
-    /// What all of one principal's session workspaces may hold together, in MiB (ended sessions'
-    /// count until their folders are removed). Default 2048.
+    /// What all of one principal's workspaces may hold together, in MiB (counted per process:
+    /// those it has opened since it started). Default 2048.
     #[arg(long, env = "TOOLHOST_PRINCIPAL_DISK_MB", value_name = "MIB")]
     pub principal_disk_mb: Option<u64>,
 

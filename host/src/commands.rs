@@ -52,7 +52,7 @@ pub fn known_runtime(name: &str) -> Result<manifest::Manifest> {
 pub fn start_app(settings: &Settings) -> Result<(Arc<App>, tokio::task::JoinHandle<Result<()>>)> {
     let limits = settings.sandbox.limits;
     let app = Arc::new(App::new(&settings.app, limits)?);
-    app.sessions.spawn_reaper();
+    app.sessions.workspaces().spawn_expiry();
     if settings.app.watch_tools {
         app.catalog().watch()?;
     }

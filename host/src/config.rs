@@ -107,12 +107,19 @@ pub struct ServerFile {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspacesFile {
-    /// Where session workspaces live. Flag `--workspaces-dir`, env `TOOLHOST_WORKSPACES`.
-    /// Default: the cache folder's `workspaces/`.
+    /// Where workspaces live; several toolhost processes may share it (a ReadWriteMany
+    /// volume). Flag `--workspaces-dir`, env `TOOLHOST_WORKSPACES`. Default: the cache folder's
+    /// `workspaces/`.
     pub dir: Option<PathBuf>,
-    /// Seconds a session's workspace is kept after the session ends. Flag
-    /// `--workspace-linger`. Default 600.
-    pub linger_s: Option<f64>,
+    /// A workspace unused this long is removed, e.g. "7d", "12h". Flag `--workspace-ttl`.
+    /// Default "7d".
+    pub ttl: Option<String>,
+    /// Workspaces one principal may own at once. Flag `--max-workspaces-per-principal`.
+    /// Default 10000.
+    pub max_per_principal: Option<usize>,
+    /// Seconds a call that writes a workspace waits while another call writes it, before it is
+    /// refused. Flag `--workspace-lock-timeout`. Default 60.
+    pub lock_timeout_s: Option<f64>,
 }
 
 /// Read-only folders offered as resources.
@@ -190,13 +197,13 @@ pub struct LimitsFile {
     /// Bytes of each stream a result carries, head and tail (at most 256 KiB). Flag
     /// `--result-output-bytes`. Default 32768.
     pub result_output_bytes: Option<usize>,
-    /// Workspace quota per session, in MiB. Flag `--workspace-mb`. Default 256.
+    /// Quota of each workspace, in MiB. Flag `--workspace-mb`. Default 256.
     pub workspace_mb: Option<u64>,
-    /// Workspace quota per session, in files and folders. Flag `--workspace-files`. Default 2000.
+    /// Quota of each workspace, in files and folders. Flag `--workspace-files`. Default 2000.
     pub workspace_files: Option<u64>,
     /// What a call's `/tmp` may hold, in MiB. Flag `--tmp-mb`. Default 128.
     pub tmp_mb: Option<u64>,
-    /// What all of one principal's session workspaces may hold together, in MiB. Flag
+    /// What all of one principal's workspaces may hold together, in MiB. Flag
     /// `--principal-disk-mb`. Default 2048.
     pub principal_disk_mb: Option<u64>,
 }
@@ -238,7 +245,9 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct AppSettings {
     pub workspaces_dir: PathBuf,
-    pub workspace_linger: Duration,
+    pub workspace_ttl: Duration,
+    pub max_workspaces_per_principal: usize,
+    pub workspace_lock_timeout: Duration,
     pub inline_images: bool,
     pub roots: Vec<RootSetting>,
     /// The organisation's tools, one folder each.
@@ -392,7 +401,15 @@ impl Settings {
 }
 
 fn merge_app(flags: &AppArgs, file: &FileConfig, cache_dir: &Path) -> Result<AppSettings> {
-    let linger = flags.workspace_linger.or(file.workspaces.linger_s).unwrap_or(600.0);
+    let ttl = match flags.workspace_ttl.clone().or_else(|| file.workspaces.ttl.clone()) {
+        Some(text) => humantime::parse_duration(&text)
+            .map_err(|e| anyhow::anyhow!("workspace TTL {text:?}: {e} (write it like 7d, 12h or 3600s)"))?,
+        None => Duration::from_secs(7 * 24 * 3600),
+    };
+    if ttl < Duration::from_secs(60) {
+        bail!("workspace TTL must be at least a minute, not {}", humantime::format_duration(ttl));
+    }
+    let lock_timeout = flags.workspace_lock_timeout.or(file.workspaces.lock_timeout_s).unwrap_or(60.0);
     let mut roots = file.resources.roots.clone();
     for (name, path) in &flags.roots {
         roots.retain(|r| &r.name != name);
@@ -412,7 +429,12 @@ fn merge_app(flags: &AppArgs, file: &FileConfig, cache_dir: &Path) -> Result<App
             .clone()
             .or_else(|| file.workspaces.dir.clone())
             .unwrap_or_else(|| cache_dir.join("workspaces")),
-        workspace_linger: seconds("workspace linger", linger, 0.0)?,
+        workspace_ttl: ttl,
+        max_workspaces_per_principal: positive(
+            "workspaces per principal",
+            flags.max_workspaces_per_principal.or(file.workspaces.max_per_principal).unwrap_or(10_000),
+        )?,
+        workspace_lock_timeout: seconds("workspace lock timeout", lock_timeout, 0.0)?,
         inline_images: flags.inline_images || file.tools.inline_images.unwrap_or(false),
         roots,
         tools_dir: flags.tools_dir.clone().or_else(|| file.tools.dir.clone()).unwrap_or_else(|| PathBuf::from("tools")),

@@ -31,3 +31,4 @@ pub mod server;
 pub mod sessions;
 pub mod tools;
 pub mod workspace;
+pub mod workspaces;

@@ -15,9 +15,10 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse, Implementation,
     ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
     ProgressNotificationParam, ProgressToken, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-    ServerCapabilities, ServerConfig, SubscribeRequestParams, Tool, ToolAnnotations, UnsubscribeRequestParams,
+    ServerCapabilities, ServerConfig, ServerNotification, SubscribeRequestParams, SubscriptionFilter, Tool,
+    ToolAnnotations, UnsubscribeRequestParams,
 };
-use rmcp::service::{NotificationContext, Peer, RequestContext};
+use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tracing::Instrument;
 
@@ -27,9 +28,10 @@ use crate::tools::{ProgressSink, ToolContext, ToolDefinition};
 
 /// What the server tells a client about itself in `initialize`.
 const INSTRUCTIONS: &str = "toolhost runs Python in a fresh, isolated sandbox per call (code_interpreter) with \
-numpy, pandas, matplotlib and more, on a per-session workspace at /workspace that the file tools \
+numpy, pandas, matplotlib and more, on a workspace at /workspace that the file tools \
 (list_files, read_file, write_file, delete_file) share. Variables do not persist between calls; files do. \
-Workspace files are also resources (file:///workspace/...).";
+Every result names its workspace handle (ws_...): pass it as `workspace` to continue with the same files \
+in a later call, session or conversation. Workspace files are also resources (file:///workspace/...).";
 
 /// How often a session's tool-list watcher checks whether its session has ended.
 const SESSION_CHECK: Duration = Duration::from_secs(10);
@@ -42,11 +44,19 @@ pub struct McpHandler {
     /// What this client asked to hear (`logging/setLevel`): log messages at or above it; none
     /// until it asks.
     log: Arc<log::ClientLog>,
+    /// The newest protocol offered: 2026-07-28, or 2025-11-25 on the legacy SSE transport,
+    /// whose clients speak the session eras only (a discover probe there is refused at once).
+    newest: ProtocolVersion,
 }
 
 impl McpHandler {
     pub fn new(app: Arc<App>, session: Arc<Session>) -> Self {
-        McpHandler { app, session, log: Arc::default() }
+        McpHandler { app, session, log: Arc::default(), newest: ProtocolVersion::V_2026_07_28 }
+    }
+
+    /// A handler for the legacy HTTP+SSE transport: the session eras only.
+    pub fn legacy(app: Arc<App>, session: Arc<Session>) -> Self {
+        McpHandler { newest: ProtocolVersion::V_2025_11_25, ..McpHandler::new(app, session) }
     }
 
     /// Whether this request's client accepts image content: the operator enabled it, the
@@ -60,6 +70,17 @@ impl McpHandler {
                 .is_some_and(|parts| parts.uri.query().is_some_and(asks_for_inline_images))
     }
 
+    /// Binds the session to the request's principal (set by the HTTP guard; none on stdio).
+    fn bind(&self, context: &RequestContext<RoleServer>) {
+        if let Some(principal) = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<crate::principal::Principal>())
+        {
+            self.session.bind(principal.clone());
+        }
+    }
+
     /// Runs one tool call: validated arguments, progress, cancellation, the result.
     async fn run_tool(
         &self,
@@ -68,12 +89,11 @@ impl McpHandler {
     ) -> Result<rmcp::model::CallToolResult, McpError> {
         let name = request.name.to_string();
         let started = Instant::now();
-        if let Some(principal) = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<crate::principal::Principal>())
-        {
-            self.session.bind(principal.clone());
+        self.bind(&context);
+        // 2026-07-28 over HTTP: this handler serves this one request (stdio keeps its session).
+        let in_session = context.protocol_version().is_none_or(|version| version < ProtocolVersion::V_2026_07_28);
+        if !in_session && context.extensions.get::<http::request::Parts>().is_some() {
+            self.session.serve_one_request();
         }
         let progress =
             context.meta.get_progress_token().map(|token| PeerProgress { peer: context.peer.clone(), token });
@@ -84,6 +104,8 @@ impl McpHandler {
             progress: progress.as_ref().map(|p| p as &dyn ProgressSink),
             inline_images: self.inline_images(&context),
             deadline: None,
+            caller: None,
+            space: None,
         };
         let registry = self.app.catalog().current();
         let Some(result) = registry.call(&name, request.arguments, &ctx).await else {
@@ -92,7 +114,8 @@ impl McpHandler {
                 None,
             ));
         };
-        if result.as_ref().is_ok_and(|output| output.changed_workspace) {
+        // Resource notifications go to a session's client; a session-less request has none.
+        if in_session && result.as_ref().is_ok_and(|output| output.changed_workspace) {
             self.announce_workspace_change(&context.peer).await;
         }
         if let Some((level, message)) = log::notice(&name, results::CallStatus::of(&result)) {
@@ -134,9 +157,34 @@ impl ServerHandler for McpHandler {
             .with_instructions(INSTRUCTIONS)
     }
 
-    /// Sessions hold the workspace, so the session-less 2026 lifecycle is not offered.
+    /// Every era up to `newest`: the session-less 2026-07-28 (workspaces by handle; a request is
+    /// a session of its own) and the session eras before it.
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+        Cow::Borrowed(ProtocolVersion::known_up_to(&self.newest))
+    }
+
+    /// `subscriptions/listen` (2026-07-28): the tool list's changes. Resource changes belong to
+    /// a workspace, which a session-less client names in each call, so they are not offered.
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let tools = requested.tools_list_changed == Some(true);
+        Some(if tools { SubscriptionFilter::builder().tools_list_changed().build() } else { SubscriptionFilter::new() })
+    }
+
+    /// Tells a listening client whenever the tool list changes, until it stops listening.
+    async fn listen(&self, subscription: SubscriptionContext) -> Result<(), McpError> {
+        let mut changes = self.app.catalog().changes();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                () = subscription.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    let sent = subscription.sink().send(ServerNotification::ToolListChangedNotification(Default::default())).await;
+                    if changed.is_err() || sent.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     async fn list_tools(
@@ -190,8 +238,9 @@ impl ServerHandler for McpHandler {
     async fn list_resources(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
+        self.bind(&context);
         resources::list(&self.app, &self.session, request.and_then(|r| r.cursor))
     }
 
@@ -206,8 +255,9 @@ impl ServerHandler for McpHandler {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        self.bind(&context);
         resources::read(&self.app, &self.session, &request.uri).map(Into::into)
     }
 

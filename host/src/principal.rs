@@ -25,6 +25,11 @@ impl Principal {
         Principal(format!("oauth:{subject}@{issuer}"))
     }
 
+    /// A principal as a workspace's owner record holds it (`as_str`, written to disk).
+    pub fn from_record(record: String) -> Principal {
+        Principal(record)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

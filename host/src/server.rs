@@ -2,7 +2,8 @@
 //! HTTP+SSE transport at `/sse` + `/messages`, `/healthz`, `/readyz`, `/metrics` and, with OAuth,
 //! the `/.well-known` metadata. The MCP endpoints sit behind one guard (Host, Origin, bearer
 //! token or OAuth access token, body size). Shutdown stops
-//! accepting, lets running calls finish within the grace period, then closes the sessions.
+//! accepting, lets running calls finish within the grace period, then closes the sessions (their
+//! workspaces stay, for their handles).
 
 mod guard;
 mod health;
@@ -119,7 +120,6 @@ impl Server {
             })
             .await
             .context("the HTTP server failed")?;
-        self.app.sessions.reap_all();
         Ok(())
     }
 

@@ -1,169 +1,114 @@
-//! Sessions: one per MCP connection. Each has its own workspace folder, made on first use and
-//! removed a while after the session ends (the `linger`), so a client that reconnects soon
-//! finds nothing half-gone, and a server that runs for months does not fill its disk.
+//! Sessions: one per MCP connection of the older protocol eras and stdio, one per request of
+//! 2026-07-28 (which has none). A session knows whom it acts for and its default workspace:
+//! the one a call uses when it names none, made on first use. Workspaces outlive sessions
+//! (`workspaces.rs`); a session's end removes nothing.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use crate::principal::Principal;
-use crate::workspace::{Ledger, Quota, Workspace, WorkspaceError};
+use crate::workspaces::{HandleError, Space, Workspaces};
 
-/// Every session's folder lives under `root`, named by the session id.
+/// Opens sessions over the workspace store.
 pub struct Sessions {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    root: PathBuf,
-    quota: Quota,
-    /// Bytes one principal's workspaces may hold together, lingering ones included.
-    principal_bytes: u64,
-    linger: Duration,
-    live: AtomicUsize,
-    /// Each principal's ledger, the parent of its workspaces'.
-    principals: Mutex<HashMap<Principal, Arc<Ledger>>>,
-    /// Folders of ended sessions, with the moment they may go and what they hold.
-    ended: Mutex<Vec<(PathBuf, Instant, Arc<Ledger>)>>,
+    workspaces: Arc<Workspaces>,
+    live: Arc<AtomicUsize>,
 }
 
 impl Sessions {
-    /// Sessions under `root`. Folders left there by an earlier run are removed: sessions do not
-    /// outlive the process that served them.
-    pub fn new(
-        root: impl Into<PathBuf>,
-        quota: Quota,
-        principal_bytes: u64,
-        linger: Duration,
-    ) -> std::io::Result<Sessions> {
-        let root = root.into();
-        std::fs::create_dir_all(&root)?;
-        for entry in std::fs::read_dir(&root)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() && is_session_id(&entry.file_name().to_string_lossy()) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        Ok(Sessions {
-            shared: Arc::new(Shared {
-                root,
-                quota,
-                principal_bytes,
-                linger,
-                live: AtomicUsize::new(0),
-                principals: Mutex::default(),
-                ended: Mutex::new(Vec::new()),
-            }),
-        })
+    pub fn new(workspaces: Arc<Workspaces>) -> Sessions {
+        Sessions { workspaces, live: Arc::default() }
     }
 
-    /// A new session with its own (not yet created) workspace folder.
+    /// A new session; its default workspace is made when a call first needs it.
     pub fn open(&self, inline_images: bool) -> Arc<Session> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let dir = self.shared.root.join(&id);
-        self.session(id, dir, inline_images, false)
+        self.session(inline_images, None)
     }
 
-    /// A session on a folder the user chose (`toolhost stdio --workspace DIR`): never removed.
-    pub fn open_at(&self, dir: impl Into<PathBuf>, inline_images: bool) -> Arc<Session> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        self.session(id, dir.into(), inline_images, true)
+    /// A session whose default workspace is a folder the user chose (`toolhost stdio
+    /// --workspace DIR`): never expired.
+    pub fn open_at(&self, dir: &Path, inline_images: bool) -> std::io::Result<Arc<Session>> {
+        Ok(self.session(inline_images, Some(self.workspaces.chosen(dir)?)))
     }
 
-    fn session(&self, id: String, dir: PathBuf, inline_images: bool, keep: bool) -> Arc<Session> {
-        self.shared.live.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("toolhost_sessions_active").set(self.shared.live.load(Ordering::Relaxed) as f64);
+    fn session(&self, inline_images: bool, default: Option<Arc<Space>>) -> Arc<Session> {
+        let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("toolhost_sessions_active").set(live as f64);
         Arc::new(Session {
-            id,
-            dir,
-            keep,
+            id: uuid::Uuid::new_v4().simple().to_string(),
             inline_images,
-            workspace: OnceLock::new(),
+            default: Mutex::new(default),
             principal: OnceLock::new(),
             subscriptions: Mutex::new(BTreeSet::new()),
-            shared: self.shared.clone(),
+            one_request: AtomicBool::new(false),
+            workspaces: self.workspaces.clone(),
+            live: self.live.clone(),
         })
     }
 
     /// Sessions open now.
     pub fn live(&self) -> usize {
-        self.shared.live.load(Ordering::Relaxed)
+        self.live.load(Ordering::Relaxed)
     }
 
-    /// Removes the folders of sessions that ended more than `linger` ago; returns how many.
-    pub fn reap(&self) -> usize {
-        let now = Instant::now();
-        let due: Vec<(PathBuf, Arc<Ledger>)> = {
-            let mut ended = lock(&self.shared.ended);
-            let (due, waiting): (Vec<_>, Vec<_>) = ended.drain(..).partition(|(_, at, _)| *at <= now);
-            *ended = waiting;
-            due.into_iter().map(|(dir, _, ledger)| (dir, ledger)).collect()
-        };
-        for (dir, ledger) in &due {
-            match std::fs::remove_dir_all(dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!("cannot remove the workspace {}: {e}", dir.display());
-                }
-                _ => ledger.release(),
-            }
-        }
-        due.len()
-    }
-
-    /// Removes every ended session's folder now (at shutdown).
-    pub fn reap_all(&self) -> usize {
-        for (_, at, _) in lock(&self.shared.ended).iter_mut() {
-            *at = Instant::now();
-        }
-        self.reap()
-    }
-
-    /// Runs `reap` every few seconds until the process ends.
-    pub fn spawn_reaper(self: &Arc<Self>) {
-        let sessions = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                match sessions.upgrade() {
-                    Some(sessions) => {
-                        sessions.reap();
-                    }
-                    None => break,
-                }
-            }
-        });
+    /// The workspace store.
+    pub fn workspaces(&self) -> &Arc<Workspaces> {
+        &self.workspaces
     }
 }
 
 /// One client's session.
 pub struct Session {
     pub id: String,
-    dir: PathBuf,
-    keep: bool,
     /// The client connected with `?images=inline`.
     pub inline_images: bool,
-    workspace: OnceLock<Workspace>,
+    /// The workspace a call that names none uses, once made.
+    default: Mutex<Option<Arc<Space>>>,
     /// Whom the session acts for, from its first request that names one.
     principal: OnceLock<Principal>,
     /// Resource URIs the client subscribed to.
     subscriptions: Mutex<BTreeSet<String>>,
-    shared: Arc<Shared>,
+    /// The session of one session-less request (2026-07-28 over HTTP): its default workspace is
+    /// that call's new one, which no later request can reach as `file:///workspace/...`.
+    one_request: AtomicBool,
+    workspaces: Arc<Workspaces>,
+    live: Arc<AtomicUsize>,
 }
 
 impl Session {
-    /// The session's workspace, made on first use.
-    pub fn workspace(&self) -> Result<&Workspace, WorkspaceError> {
-        if let Some(workspace) = self.workspace.get() {
-            return Ok(workspace);
+    /// The workspace `handle` names (its owner must be whom the session acts for), or, with
+    /// none, the session's default, made now if it does not exist yet.
+    pub fn workspace(&self, handle: Option<&str>) -> Result<Arc<Space>, HandleError> {
+        let mut default = held(&self.default);
+        match (handle, &*default) {
+            (Some(handle), Some(space)) if space.handle() == handle => Ok(space.clone()),
+            (Some(handle), _) => self.workspaces.open(handle, &self.principal()),
+            (None, Some(space)) => Ok(space.clone()),
+            (None, None) => {
+                let space = self.workspaces.create(&self.principal())?;
+                *default = Some(space.clone());
+                Ok(space)
+            }
         }
-        // A folder the user chose is theirs; a session's counts against its principal's bytes.
-        let parent = (!self.keep).then(|| self.shared.principal_ledger(&self.principal()));
-        let opened = Workspace::open_under(&self.dir, self.shared.quota, parent)
-            .map_err(|source| WorkspaceError::Io { path: self.dir.display().to_string(), source })?;
-        Ok(self.workspace.get_or_init(|| opened))
+    }
+
+    /// The default workspace, if one was made.
+    pub fn default_workspace(&self) -> Option<Arc<Space>> {
+        held(&self.default).clone()
+    }
+
+    /// Whether `space` is this session's default workspace, the one `file:///workspace/...`
+    /// names (never for a session-less request's).
+    pub fn is_default(&self, space: &Space) -> bool {
+        !self.one_request.load(Ordering::Relaxed)
+            && held(&self.default).as_ref().is_some_and(|default| default.handle() == space.handle())
+    }
+
+    /// Marks the session as one session-less request's.
+    pub fn serve_one_request(&self) {
+        self.one_request.store(true, Ordering::Relaxed);
     }
 
     /// How logs name the session: a short hash of its id, which is a credential of sorts (whoever
@@ -183,102 +128,95 @@ impl Session {
         self.principal.get().cloned().unwrap_or_else(Principal::anonymous)
     }
 
-    /// The workspace folder on the host.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn subscribe(&self, uri: String) {
-        lock(&self.subscriptions).insert(uri);
+        held(&self.subscriptions).insert(uri);
     }
 
     pub fn unsubscribe(&self, uri: &str) {
-        lock(&self.subscriptions).remove(uri);
+        held(&self.subscriptions).remove(uri);
     }
 
     pub fn subscriptions(&self) -> Vec<String> {
-        lock(&self.subscriptions).iter().cloned().collect()
+        held(&self.subscriptions).iter().cloned().collect()
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let live = self.shared.live.fetch_sub(1, Ordering::Relaxed) - 1;
+        let live = self.live.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!("toolhost_sessions_active").set(live as f64);
-        if !self.keep
-            && let Some(workspace) = self.workspace.get()
-        {
-            let ledger = workspace.ledger().clone();
-            lock(&self.shared.ended).push((self.dir.clone(), Instant::now() + self.shared.linger, ledger));
-        }
         tracing::debug!(session = %self.id, "session ended");
     }
 }
 
-impl Shared {
-    fn principal_ledger(&self, principal: &Principal) -> Arc<Ledger> {
-        lock(&self.principals)
-            .entry(principal.clone())
-            .or_insert_with(|| Ledger::principal(self.principal_bytes))
-            .clone()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn held<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn is_session_id(name: &str) -> bool {
-    name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::workspace::Quota;
+    use crate::workspaces::Settings;
 
-    fn quota() -> Quota {
-        Quota { bytes: 1 << 20, files: 100 }
+    fn sessions(root: &Path) -> Sessions {
+        let settings = Settings {
+            root: root.to_path_buf(),
+            quota: Quota { bytes: 1 << 20, files: 100 },
+            principal_bytes: 1 << 30,
+            ttl: Duration::from_secs(3600),
+            max_per_principal: 10,
+            lock_timeout: Duration::from_secs(1),
+        };
+        Sessions::new(Arc::new(Workspaces::new(settings).expect("store")))
     }
 
     #[test]
-    fn a_workspace_is_made_on_first_use_and_removed_after_the_linger() {
+    fn a_default_workspace_is_made_on_first_use_and_outlives_the_session() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let sessions = Sessions::new(tmp.path(), quota(), 1 << 30, Duration::ZERO).expect("sessions");
+        let sessions = sessions(tmp.path());
         let session = sessions.open(false);
-        let dir = session.dir().to_path_buf();
-        assert!(!dir.exists(), "nothing is made before it is used");
-        session.workspace().expect("workspace").write("a.txt", b"x").expect("write");
-        assert!(dir.join("a.txt").exists());
+        assert!(session.default_workspace().is_none(), "nothing is made before it is used");
+        let space = session.workspace(None).expect("workspace");
+        space.files().write("a.txt", b"x").expect("write");
+        let (handle, dir) = (space.handle().to_string(), space.files().host_path().to_path_buf());
+        assert_eq!(session.workspace(None).expect("again").handle(), handle);
         assert_eq!(sessions.live(), 1);
-        drop(session);
+        drop((space, session));
         assert_eq!(sessions.live(), 0);
-        assert_eq!(sessions.reap(), 1);
-        assert!(!dir.exists());
+        assert!(dir.join("a.txt").exists(), "a session's end removes nothing");
+        // A later session of the same principal continues it by handle.
+        let later = sessions.open(false);
+        assert_eq!(
+            later.workspace(Some(&handle)).expect("by handle").files().read("a.txt", 0, None).expect("read").0,
+            b"x"
+        );
     }
 
     #[test]
-    fn two_sessions_never_share_a_folder_and_old_folders_are_swept() {
+    fn two_sessions_never_share_a_default_and_principals_stay_apart() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let stale = tmp.path().join("0123456789abcdef0123456789abcdef");
-        std::fs::create_dir_all(&stale).expect("stale");
-        let unrelated = tmp.path().join("keep-me");
-        std::fs::create_dir_all(&unrelated).expect("unrelated");
-        let sessions = Sessions::new(tmp.path(), quota(), 1 << 30, Duration::from_secs(600)).expect("sessions");
-        assert!(!stale.exists() && unrelated.exists());
+        let sessions = sessions(tmp.path());
         let (a, b) = (sessions.open(false), sessions.open(false));
-        assert_ne!(a.dir(), b.dir());
-        a.workspace().expect("a").write("secret.txt", b"a's").expect("write");
-        assert!(b.workspace().expect("b").read("secret.txt", 0, None).is_err());
+        a.bind(Principal::token(b"a"));
+        b.bind(Principal::token(b"b"));
+        let a_space = a.workspace(None).expect("a");
+        assert_ne!(a_space.handle(), b.workspace(None).expect("b").handle());
+        let refused = b.workspace(Some(a_space.handle())).err().expect("not b's");
+        assert!(matches!(refused, HandleError::NotYours(_)), "{refused}");
     }
 
     #[test]
-    fn a_chosen_folder_is_kept() {
+    fn a_chosen_folder_is_the_default_and_is_named_by_its_path() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let sessions = Sessions::new(tmp.path().join("sessions"), quota(), 1 << 30, Duration::ZERO).expect("sessions");
-        let session = sessions.open_at(tmp.path().join("mine"), false);
-        session.workspace().expect("workspace").write("a.txt", b"x").expect("write");
-        drop(session);
-        sessions.reap_all();
+        let sessions = sessions(&tmp.path().join("store"));
+        let session = sessions.open_at(&tmp.path().join("mine"), false).expect("session");
+        let space = session.workspace(None).expect("workspace");
+        space.files().write("a.txt", b"x").expect("write");
+        assert_eq!(session.workspace(Some(space.handle())).expect("by its name").handle(), space.handle());
+        drop((space, session));
         assert!(tmp.path().join("mine/a.txt").exists());
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::sandbox::{self, Limits, ReadOnlyRoot, Readiness, Sandbox, SandboxError};
 use crate::sessions::Session;
 use crate::workspace::WorkspaceError;
+use crate::workspaces::{HandleError, Space};
 
 pub use catalog::Catalog;
 pub use code_interpreter::CodeInterpreter;
@@ -38,6 +39,19 @@ pub struct ToolDefinition {
     pub input_schema: Value,
     pub output_schema: Option<Value>,
     pub hints: Hints,
+    /// What the tool does with a workspace; one that uses one takes the `workspace` argument.
+    pub workspace: Access,
+}
+
+/// What a tool does with a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing: it takes no `workspace` argument.
+    None,
+    /// It reads files: it takes `workspace` and returns the handle it used.
+    Read,
+    /// It may write: the same, and it runs alone on its workspace (the writer's lock).
+    Write,
 }
 
 /// MCP tool annotations.
@@ -107,12 +121,27 @@ pub enum ToolError {
     /// The runtime is still being prepared (first start), or could not be.
     #[error(transparent)]
     NotReady(#[from] sandbox::NotReady),
+    /// The `workspace` handle cannot be used (malformed, unknown, expired, another's), the
+    /// principal has too many, or another call is writing it.
+    #[error(transparent)]
+    Handle(HandleError),
     /// The tool ran and failed: its own error, a crash, a limit.
     #[error("{}", .0.message)]
     Failed(Failure),
     /// Our own fault: logged with its cause, shown to the client as an internal error.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<HandleError> for ToolError {
+    fn from(error: HandleError) -> Self {
+        match error {
+            HandleError::Workspace(WorkspaceError::Io { path, source }) => {
+                ToolError::Internal(anyhow::Error::new(source).context(format!("the workspace at {path}")))
+            }
+            other => ToolError::Handle(other),
+        }
+    }
 }
 
 impl From<SandboxError> for ToolError {
@@ -179,6 +208,54 @@ pub struct ToolContext<'a> {
     pub inline_images: bool,
     /// Set when another call waits for this one (code mode): the tool must be done by then.
     pub deadline: Option<Instant>,
+    /// Code mode: the workspace of the run making this call, whose writer's lock that run holds;
+    /// a call that names no workspace uses it.
+    pub caller: Option<Arc<Space>>,
+    /// The workspace this call works in: set by `Registry::call` for a tool that uses one.
+    pub space: Option<Arc<Space>>,
+}
+
+impl ToolContext<'_> {
+    /// The workspace this call works in.
+    pub fn workspace(&self) -> Result<&Arc<Space>, ToolError> {
+        self.space
+            .as_ref()
+            .ok_or_else(|| ToolError::Internal(anyhow::anyhow!("no workspace was resolved for this tool")))
+    }
+
+    /// The resource URI of a file of this call's workspace: `file:///workspace/<path>` in the
+    /// session's default workspace, `file:///workspaces/<handle>/<path>` in any other.
+    pub fn uri(&self, path: &str) -> String {
+        match &self.space {
+            Some(space) if !self.session.is_default(space) => {
+                crate::workspace::uri_under(&format!("workspaces/{}", space.handle()), path)
+            }
+            _ => crate::workspace::uri(path),
+        }
+    }
+
+    /// The workspace a call names (`workspace`), else its caller's (code mode), else the
+    /// session's default.
+    fn resolve(&self, named: Option<&str>) -> Result<Arc<Space>, HandleError> {
+        match (named, &self.caller) {
+            (None, Some(caller)) => Ok(caller.clone()),
+            (named, _) => self.session.workspace(named),
+        }
+    }
+
+    /// This context, working in `space`.
+    fn working_in(&self, space: Arc<Space>) -> ToolContext<'_> {
+        ToolContext {
+            services: self.services,
+            session: self.session,
+            cancel: self.cancel.clone(),
+            progress: self.progress,
+            inline_images: self.inline_images,
+            deadline: self.deadline,
+            caller: self.caller.clone(),
+            space: Some(space),
+        }
+    }
 }
 
 #[async_trait]
@@ -198,6 +275,8 @@ pub trait Tool: Send + Sync {
 /// A tool with its compiled input validator.
 struct Entry {
     tool: Arc<dyn Tool>,
+    /// As published: with the `workspace` argument and result field where the tool uses one.
+    definition: ToolDefinition,
     validator: jsonschema::Validator,
 }
 
@@ -231,7 +310,7 @@ impl Registry {
             Arc::new(delete_file::DeleteFile::new()),
         ];
         // By default, code may call every built-in but the interpreter: they touch only the
-        // session's workspace.
+        // caller's workspaces.
         let mut by_default: Vec<String> = builtin.iter().map(|t| t.definition().name.clone()).collect();
         for tool in builtin {
             registry.add(tool).expect("built-in tool schemas compile");
@@ -255,11 +334,7 @@ impl Registry {
             }
             None => {
                 by_default.extend(
-                    registry
-                        .tools
-                        .values()
-                        .filter(|e| e.tool.callable_from_code())
-                        .map(|e| e.tool.definition().name.clone()),
+                    registry.tools.values().filter(|e| e.tool.callable_from_code()).map(|e| e.definition.name.clone()),
                 );
                 by_default.sort();
                 by_default.dedup();
@@ -277,18 +352,24 @@ impl Registry {
         if self.tools.contains_key(&definition.name) {
             anyhow::bail!("a tool named {:?} already exists", definition.name);
         }
+        if definition.workspace != Access::None && definition.input_schema["properties"].get(WORKSPACE).is_some() {
+            anyhow::bail!(
+                "its input schema has a `{WORKSPACE}` property; that name is the workspace handle every file tool takes"
+            );
+        }
+        let definition = with_workspace_fields(definition.clone());
         let validator = jsonschema::draft202012::new(&definition.input_schema)
             .map_err(|e| anyhow::anyhow!("the input schema of {} does not compile: {e}", definition.name))?;
-        self.tools.insert(definition.name.clone(), Entry { tool, validator });
+        self.tools.insert(definition.name.clone(), Entry { tool, definition, validator });
         Ok(())
     }
 
     pub fn definitions(&self) -> impl Iterator<Item = &ToolDefinition> {
-        self.tools.values().map(|e| e.tool.definition())
+        self.tools.values().map(|e| &e.definition)
     }
 
     pub fn get(&self, name: &str) -> Option<&ToolDefinition> {
-        self.tools.get(name).map(|e| e.tool.definition())
+        self.tools.get(name).map(|e| &e.definition)
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -313,9 +394,69 @@ impl Registry {
         if let Err(message) = check(&entry.validator, &instance) {
             return Some(Err(ToolError::InvalidArguments(message)));
         }
-        let Value::Object(args) = instance else { unreachable!("built from a map") };
-        Some(entry.tool.call(args, ctx).await)
+        let Value::Object(mut args) = instance else { unreachable!("built from a map") };
+        let access = entry.definition.workspace;
+        if access == Access::None {
+            return Some(entry.tool.call(args, ctx).await);
+        }
+        let named = args.remove(WORKSPACE).and_then(|v| v.as_str().map(str::to_string));
+        Some(in_workspace(entry.tool.as_ref(), access, named.as_deref(), args, ctx).await)
     }
+}
+
+/// The argument and result field that names a workspace.
+pub const WORKSPACE: &str = "workspace";
+
+/// Runs a tool that uses a workspace: resolves it, holds its writer's lock if the tool may write
+/// (unless this call's caller holds it already), and names the handle in the result: the
+/// `workspace` field of `structuredContent` and the text's last line.
+async fn in_workspace(
+    tool: &dyn Tool,
+    access: Access,
+    named: Option<&str>,
+    args: Map<String, Value>,
+    ctx: &ToolContext<'_>,
+) -> Result<ToolOutput, ToolError> {
+    let space = ctx.resolve(named)?;
+    let held_by_caller = ctx.caller.as_ref().is_some_and(|caller| caller.handle() == space.handle());
+    let _writing = match access {
+        Access::Write if !held_by_caller => Some(space.write_lock().await.map_err(HandleError::from)?),
+        _ => None,
+    };
+    space.touch();
+    let handle = space.handle().to_string();
+    let mut output = tool.call(args, &ctx.working_in(space)).await?;
+    if let Some(Value::Object(structured)) = &mut output.structured {
+        structured.insert(WORKSPACE.into(), Value::String(handle.clone()));
+    }
+    if !output.text.is_empty() && !output.text.ends_with('\n') {
+        output.text.push('\n');
+    }
+    output.text.push_str(&format!("{WORKSPACE}: {handle}"));
+    Ok(output)
+}
+
+/// A tool's schemas with the `workspace` argument and result field (for tools that use one).
+fn with_workspace_fields(mut definition: ToolDefinition) -> ToolDefinition {
+    if definition.workspace == Access::None {
+        return definition;
+    }
+    let argument = serde_json::json!({
+        "type": "string",
+        "description": "The workspace to work in: a handle (ws_...) from an earlier result's `workspace`. \
+                        Omit it for this session's workspace (or, without a session, a new one); pass it \
+                        to continue with the same files in a later call, session or conversation.",
+    });
+    if let Some(Value::Object(properties)) = definition.input_schema.get_mut("properties") {
+        properties.insert(WORKSPACE.into(), argument);
+    }
+    if let Some(Value::Object(properties)) = definition.output_schema.as_mut().and_then(|s| s.get_mut("properties")) {
+        properties.insert(
+            WORKSPACE.into(),
+            serde_json::json!({"type": "string", "description": "The handle of the workspace the call used."}),
+        );
+    }
+    definition
 }
 
 /// Every way `instance` fails `validator`, each naming the field (`a`, `rows/3/name`) or

@@ -6,6 +6,7 @@ mod capacity;
 mod cases;
 mod cli;
 mod freshness;
+mod handles;
 mod http_guard;
 mod isolation;
 mod limits;

@@ -90,8 +90,27 @@ pub async fn call(client: &Client, name: &str, arguments: Value) -> CallToolResu
 }
 
 /// The text of a result's first content block.
+/// A tool that used a workspace names it as its text's last line, `workspace: <handle>` (checked
+/// here against `structuredContent.workspace`); this is the text before that line.
 pub fn text(result: &CallToolResult) -> String {
-    result.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).unwrap_or_default()
+    let full = result.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).unwrap_or_default();
+    match result.structured_content.as_ref().and_then(|s| s.get("workspace")).and_then(Value::as_str) {
+        Some(handle) => {
+            let last = format!("workspace: {handle}");
+            assert!(full.ends_with(&last), "the text's last line must name the workspace {handle}: {full:?}");
+            full[..full.len() - last.len()].to_string()
+        }
+        None => match full.rsplit_once('\n') {
+            Some((body, last)) if last.starts_with("workspace: ws_") => format!("{body}\n"),
+            _ => full,
+        },
+    }
+}
+
+/// The workspace handle a result names.
+pub fn handle(result: &CallToolResult) -> String {
+    let handle = structured(result)["workspace"].as_str().map(str::to_string);
+    handle.unwrap_or_else(|| panic!("no workspace in {result:?}"))
 }
 
 /// The structured content, or `null`.

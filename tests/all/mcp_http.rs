@@ -203,7 +203,7 @@ async fn one_session_never_sees_another_sessions_files() {
     let resources = bob.list_all_resources().await.expect("resources");
     assert!(resources.iter().all(|r| !r.uri.contains("secret")));
     let still = call(&alice, "read_file", json!({"path": "secret.txt"})).await;
-    assert_eq!(text(&still), "alice's");
+    assert_eq!(text(&still), "alice's\n");
 }
 
 #[tokio::test]
@@ -316,13 +316,15 @@ async fn configured_roots_are_resources_and_read_only_mounts() {
 async fn one_principals_queue_does_not_starve_another() {
     let server = start_server(|s| s.server.tokens = vec!["greedy".into(), "modest".into()]).await;
     let sandbox = server.app.services.sandbox.get().expect("ready");
-    let greedy = connect(&server.url, Some("greedy")).await;
+    // Six sessions, six workspaces: calls on one workspace would run one after another.
+    let greedy = futures::future::join_all((0..6).map(|_| connect(&server.url, Some("greedy")))).await;
     let modest = connect(&server.url, Some("modest")).await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Six 2-second loops from one principal on two slots: two run, four wait.
-    let loops: Vec<_> = (0..6)
-        .map(|_| {
-            let (greedy, done) = (&greedy, done.clone());
+    let loops: Vec<_> = greedy
+        .iter()
+        .map(|greedy| {
+            let done = done.clone();
             async move {
                 let result =
                     call(greedy, "code_interpreter", json!({"code": "while True: pass", "timeout_s": 2})).await;

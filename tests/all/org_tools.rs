@@ -11,7 +11,7 @@ use toolhost::sandbox::Limits;
 use toolhost::tools::org::{OrgTool, load_dir};
 use toolhost::tools::{Registry, Tool};
 
-use crate::mcp_client::{Counting, call, connect, is_error, structured, text};
+use crate::mcp_client::{Counting, call, connect, handle, is_error, structured, text};
 use crate::support::start_server;
 
 const OBJECT: &str = "[input_schema]\ntype = \"object\"\n";
@@ -155,8 +155,8 @@ async fn org_tools_validate_their_arguments_and_results() {
 
     let sum = call(&client, "add", json!({"a": 2, "b": 40})).await;
     assert!(!is_error(&sum), "{}", text(&sum));
-    assert_eq!(structured(&sum), json!({"sum": 42}));
-    assert_eq!(text(&sum), r#"{"sum":42}"#);
+    assert_eq!(structured(&sum), json!({"sum": 42, "workspace": handle(&sum)}));
+    assert_eq!(text(&sum), "{\"sum\":42}\n");
 
     let wrong = call(&client, "add", json!({"a": "two", "b": 40, "c": 1})).await;
     assert!(is_error(&wrong));
@@ -213,12 +213,12 @@ async fn a_failing_tool_returns_a_clear_error_and_the_server_carries_on() {
     let wrote = call(&client, "writer", json!({})).await;
     assert!(!is_error(&wrote), "{}", text(&wrote));
     assert_eq!(structured(&wrote), Value::Null, "true is not an object: text only");
-    assert_eq!(text(&wrote), "true");
+    assert_eq!(text(&wrote), "true\n");
     let listed = call(&client, "list_files", json!({})).await;
     assert!(text(&listed).contains("made.txt") && !text(&listed).contains("made-by-reader"), "{}", text(&listed));
 
     let after = call(&client, "add", json!({"a": 1, "b": 1})).await;
-    assert_eq!(structured(&after), json!({"sum": 2}), "the server carries on");
+    assert_eq!(structured(&after), json!({"sum": 2, "workspace": handle(&after)}), "the server carries on");
     client.cancel().await.expect("close");
 }
 
@@ -238,7 +238,7 @@ async fn changes_under_the_tools_dir_reload_the_tools_and_notify_clients() {
     notified(1).await;
     assert!(names(client.list_all_tools().await.expect("tools")).contains(&"second".to_string()));
     let second = call(&client, "second", json!({})).await;
-    assert_eq!(text(&second), "2");
+    assert_eq!(text(&second), "2\n");
 
     std::fs::write(tools.path().join("second/tool.toml"), format!("description = \"Edited.\"\n{OBJECT}"))
         .expect("edit");

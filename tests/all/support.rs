@@ -114,7 +114,6 @@ pub async fn start_server(configure: impl FnOnce(&mut Settings)) -> TestServer {
     let dirs = tempfile::tempdir().expect("tempdir");
     let mut settings = settings();
     settings.app.workspaces_dir = dirs.path().join("workspaces");
-    settings.app.workspace_linger = Duration::ZERO;
     settings.server.listen = "127.0.0.1:0".parse().expect("addr");
     settings.server.shutdown_grace = Duration::from_secs(5);
     configure(&mut settings);

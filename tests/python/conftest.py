@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import queue
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,53 @@ import time
 from pathlib import Path
 
 import pytest
+
+
+# A workspace handle: `ws_` and 32 lowercase base32 characters.
+HANDLE = re.compile(r"ws_[a-z2-7]{32}")
+# The last line of the text of every tool that works in a workspace.
+HANDLE_LINE = re.compile(rf"workspace: ({HANDLE.pattern})")
+
+
+def split_handle(text, named=None):
+    """(body, handle) of the text of a tool that works in a workspace, whose last line must be
+    `workspace: <handle>`. The body is the text before that line, line break included (the server
+    adds one when the tool's text had none), so code that printed 42 has the body `42\\n`. `named`
+    is what the line says instead of a handle for a workspace that has none: `toolhost stdio
+    --workspace DIR` names its folder by its path."""
+    rest, newline, last = text.rpartition("\n")
+    name = last.removeprefix("workspace: ")
+    fits = name == named if named else HANDLE.fullmatch(name)
+    assert last.startswith("workspace: ") and fits, f"the last line should name the workspace:\n{text}"
+    return rest + newline, name
+
+
+def body(text):
+    """What a tool that works in a workspace said: its text without the last line, which must
+    name the workspace (see split_handle)."""
+    return split_handle(text)[0]
+
+
+def handle(result, named=None):
+    """The handle of the workspace a successful call worked in: the last line of its text,
+    `workspace: <handle>`, which must be what its structured content's `workspace` says. Takes the
+    SDK's CallToolResult or a result as JSON (what the Inspector CLI prints); `named` as in
+    split_handle."""
+    if isinstance(result, dict):
+        error, text = result.get("isError", False), result["content"][0]["text"]
+        structured = result["structuredContent"]
+    else:
+        error, text, structured = result.is_error, result.content[0].text, result.structured_content
+    assert not error, text
+    name = split_handle(text, named)[1]
+    assert structured["workspace"] == name, (structured, text)
+    return name
+
+
+def text_block(output):
+    """What printing a list of one text block (a Mistral MCP client's result) shows: `output`,
+    as repr writes it, then the handle line."""
+    return re.compile(re.escape(f"[{{'type': 'text', 'text': '{output}") + HANDLE_LINE.pattern + re.escape("'}]"))
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 Kubernetes: every manifest against the official JSON schemas (strict, offline, from the
 kubernetes-validate package), then what a schema cannot see: selectors, ports and probes,
-Secret and ConfigMap references, the lock-down, sizing, and that every TOOLHOST_* variable and
-the toolhost.toml are settings the real binary accepts. Docker: hadolint, COPY sources and
+Secret and ConfigMap references, the lock-down, sizing, the workspaces on one ReadWriteMany
+claim every pod shares, Services without client-IP affinity, the HAProxy example
+(deploy/haproxy/haproxy.cfg) agreeing with them, and that every TOOLHOST_* variable and the
+toolhost.toml are settings the real binary accepts. Docker: hadolint, COPY sources and
 stages, .dockerignore, the final stage's user, port and health check, and the stages that can
 run here: the warm stage's toolhost commands run in order against a scratch copy of their
 environment, and the HEALTHCHECK command runs against a real `toolhost serve`.
@@ -60,6 +62,12 @@ def the(kind, name=None):
     found = [doc for _, doc in manifests() if doc["kind"] == kind and name in (None, doc["metadata"]["name"])]
     assert len(found) == 1, f"expected one {kind} {name or ''} in the manifests, found {len(found)}"
     return found[0]
+
+
+def services():
+    found = [doc for _, doc in manifests() if doc["kind"] == "Service"]
+    assert found, "no Service in the manifests"
+    return found
 
 
 def pod_spec():
@@ -208,7 +216,7 @@ def test_kustomization_lists_every_manifest():
 
 def test_every_kind_is_there():
     kinds = sorted(doc["kind"] for _, doc in manifests())
-    for kind in ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "Secret", "Service"]:
+    for kind in ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim", "Secret", "Service"]:
         assert kind in kinds, f"no {kind} among {kinds}"
 
 
@@ -231,7 +239,8 @@ def test_selectors_match_the_pods():
         assert selector.items() <= labels.items(), f"{what} selects {selector}, the pods have {labels}"
 
     selects(deployment["spec"]["selector"]["matchLabels"], "the Deployment")
-    selects(the("Service")["spec"]["selector"], "the Service")
+    for service in services():
+        selects(service["spec"]["selector"], f"the Service {service['metadata']['name']}")
     selects(the("NetworkPolicy")["spec"]["podSelector"]["matchLabels"], "the NetworkPolicy")
     for _, doc in manifests():
         if doc["kind"] == "PodDisruptionBudget":
@@ -252,9 +261,9 @@ def test_ports_and_probes_agree():
     assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness is /healthz: /readyz fails while shutting down"
     assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert probes["startupProbe"]["httpGet"]["path"] in {"/healthz", "/readyz"}
-    service_ports = the("Service")["spec"]["ports"]
-    for port in service_ports:
-        assert container_port(container, port.get("targetPort", port["port"])) == listen_port
+    for service in services():
+        for port in service["spec"]["ports"]:
+            assert container_port(container, port.get("targetPort", port["port"])) == listen_port
     policy_ports = [p["port"] for rule in the("NetworkPolicy")["spec"]["ingress"] for p in rule["ports"]]
     assert policy_ports and all(container_port(container, p) == listen_port for p in policy_ports)
 
@@ -327,7 +336,6 @@ def test_writable_paths_are_empty_dirs():
     container = server_container()
     writable = {
         "TOOLHOST_CACHE": env_value(container, "TOOLHOST_CACHE"),
-        "TOOLHOST_WORKSPACES": env_value(container, "TOOLHOST_WORKSPACES"),
         "per-call scratch": "/tmp",
     }
     for what, path in writable.items():
@@ -424,7 +432,9 @@ async def test_the_org_tools_in_the_config_map_load(tmp_path):
             if "word_count" in tools:
                 counted = await session.call_tool("word_count", {"text": "one two\nthree"})
                 assert not counted.is_error, counted.content
-                assert counted.structured_content == {"words": 3, "lines": 2, "characters": 13}
+                # Org tools run on a workspace and name its handle beside their own fields.
+                result = {k: v for k, v in counted.structured_content.items() if k != "workspace"}
+                assert result == {"words": 3, "lines": 2, "characters": 13}
 
 
 def test_the_cache_is_seeded_from_the_image():
@@ -527,17 +537,78 @@ def test_resources_cover_the_concurrent_calls():
     assert the("HorizontalPodAutoscaler")["spec"]["metrics"][0]["resource"]["name"] == "cpu"
 
 
-def test_service_affinity_keeps_a_session_on_its_pod():
-    spec = the("Service")["spec"]
-    assert spec["type"] == "ClusterIP"
-    assert spec["sessionAffinity"] == "ClientIP"
+def test_workspaces_are_on_a_volume_every_pod_shares():
+    """Any pod serves any call that names a workspace handle: the workspaces folder is one
+    ReadWriteMany claim, mounted read-write by every pod, writable by the pod's group."""
+    container = server_container()
+    path = env_value(container, "TOOLHOST_WORKSPACES")
+    vol = volume_at(container, path)
+    assert "persistentVolumeClaim" in vol, f"TOOLHOST_WORKSPACES ({path}) must be on the shared claim, not {vol}"
+    mounts = [m for m in container["volumeMounts"] if m["name"] == vol["name"]]
+    assert not any(m.get("readOnly") for m in mounts), "toolhost writes the workspaces"
+    assert not vol["persistentVolumeClaim"].get("readOnly")
+    claim = the("PersistentVolumeClaim", vol["persistentVolumeClaim"]["claimName"])["spec"]
+    assert claim["accessModes"] == ["ReadWriteMany"], (
+        f"the workspaces claim is {claim['accessModes']}: with more than one pod it must be ReadWriteMany"
+    )
+    assert quantity_bytes(claim["resources"]["requests"]["storage"]) >= 1 << 30
+    pod = pod_spec()["securityContext"]
+    assert pod.get("fsGroup") == pod["runAsGroup"], "fsGroup makes the volume writable by the pod's group"
+    assert pod.get("fsGroupChangePolicy") == "OnRootMismatch", "a chown of every workspace file on each mount is slow"
+    assert "sizeLimit" not in vol, "a claim's size is its request"
+
+
+def test_services_balance_freely():
+    """No ClientIP affinity (behind an ingress it pins everything to one pod); session-less
+    clients may reach any pod. A headless Service gives a session-aware proxy the pods."""
+    by_name = {s["metadata"]["name"]: s["spec"] for s in services()}
+    for name, spec in by_name.items():
+        assert spec.get("sessionAffinity", "None") == "None", f"Service {name} pins clients by address"
+    assert by_name["toolhost"]["type"] == "ClusterIP" and by_name["toolhost"].get("clusterIP") != "None"
+    headless = [name for name, spec in by_name.items() if spec.get("clusterIP") == "None"]
+    assert headless == ["toolhost-pods"], f"one headless Service for the proxy, found {headless}"
+    assert not by_name["toolhost-pods"].get("publishNotReadyAddresses"), "a proxy must not get pods that are not ready"
+
+
+def haproxy_config():
+    """deploy/haproxy/haproxy.cfg as (section header, [directive lines]) pairs, comments dropped."""
+    sections = []
+    for line in (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text().splitlines():
+        text = line.split("#", 1)[0].rstrip()
+        if not text.strip():
+            continue
+        if not text[0].isspace():
+            sections.append((text.strip(), []))
+        else:
+            sections[-1][1].append(text.strip())
+    return sections
+
+
+def test_the_haproxy_example_agrees_with_the_manifests():
+    """The proxy for older-era sessions (tests/python/test_replicas.py runs it): it checks the
+    pods' readiness path on their port, and keeps a session's route as long as toolhost keeps
+    an idle session."""
+    container = server_container()
+    listen_port = int(env_value(container, "TOOLHOST_LISTEN").rsplit(":", 1)[1])
+    backend = dict(haproxy_config())["backend toolhost"]
+    check = [line for line in backend if line.startswith("http-check send")]
+    assert check and "uri " + container["readinessProbe"]["httpGet"]["path"] in check[0], check
+    servers = [line.split()[2] for line in backend if line.startswith("server ")]
+    assert servers and all(s.rsplit(":", 1)[1] == str(listen_port) for s in servers), servers
+    table = next(line for line in backend if line.startswith("stick-table type string"))
+    expire = re.search(r"\bexpire (\d+)([smhd])\b", table)
+    seconds = int(expire.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[expire.group(2)]
     idle = toolhost_toml().get("server", {}).get("session_idle_timeout_s", 3600)
-    assert spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] >= idle
+    assert seconds >= idle, f"HAProxy forgets a session's pod after {seconds} s, toolhost keeps it {idle} s"
+    assert "stick match req.hdr(mcp-session-id)" in " ".join(backend).lower()
+    assert "stick store-response res.hdr(mcp-session-id)" in " ".join(backend).lower()
+    text = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert "toolhost-pods." in text, "haproxy.cfg shows how to reach the pods through the headless Service"
 
 
 def test_allowed_hosts_name_the_service():
     container = server_container()
-    service = the("Service")["metadata"]["name"]
+    service = the("Service", "toolhost")["metadata"]["name"]
     hosts = env_value(container, "TOOLHOST_ALLOWED_HOSTS").split(",")
     assert service in hosts, f"clients reach http://{service}:8000; the Host check must accept it"
     env = env_of(container)

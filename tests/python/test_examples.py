@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from conftest import body, handle
 from test_official_sdk import session
 
 pytestmark = pytest.mark.anyio
@@ -23,8 +24,9 @@ def stdio_args():
 
 
 def result(called):
-    assert not called.is_error, called.content[0].text
-    return json.loads(called.content[0].text)
+    """The JSON an org tool answered: its text but the last line, which names the workspace."""
+    handle(called)
+    return json.loads(body(called.content[0].text))
 
 
 @pytest.mark.parametrize("transport", ["sse", "streamable-http", "stdio"])
@@ -36,9 +38,11 @@ async def test_the_shipped_tools_work_on_every_transport(transport, url, auth, t
         assert tools["csv_profile"].annotations.read_only_hint is True
         assert tools["csv_profile"].output_schema["required"] == ["path", "rows", "columns"]
 
-        await s.call_tool("write_file", {"path": "data/cities.csv", "content": CSV})
+        workspace = handle(await s.call_tool("write_file", {"path": "data/cities.csv", "content": CSV}))
         profile = await s.call_tool("csv_profile", {"path": "data/cities.csv"})
-        assert profile.structured_content == result(profile)
+        # The text is the structured content as JSON; only the structured content names the
+        # workspace, which the text does on its own last line.
+        assert profile.structured_content == {**result(profile), "workspace": workspace}
         columns = {c["name"]: c for c in profile.structured_content["columns"]}
         assert profile.structured_content["rows"] == 4
         assert columns["population"]["type"] == "integer"
@@ -55,15 +59,21 @@ async def test_the_shipped_tools_work_on_every_transport(transport, url, auth, t
         wrong = await s.call_tool("csv_profile", {"path": "data/cities.csv", "top": 99})
         assert wrong.is_error and "`top`: 99 is greater than the maximum of 20" in wrong.content[0].text
 
-        stats = result(await s.call_tool("text_stats", {"text": "The cat sat. The cat ran away!\nDogs bark?"}))
+        counted = await s.call_tool("text_stats", {"text": "The cat sat. The cat ran away!\nDogs bark?"})
+        stats = result(counted)
         assert (stats["words"], stats["lines"], stats["sentences"]) == (9, 2, 3)
         assert stats["top_words"][0] == {"word": "cat", "count": 2}
-        from_file = result(await s.call_tool("text_stats", {"path": "data/cities.csv", "top": 1}))
+        counted_file = await s.call_tool("text_stats", {"path": "data/cities.csv", "top": 1})
+        from_file = result(counted_file)
         assert from_file["lines"] == 5 and len(from_file["top_words"]) == 1
+        # The session's workspace, for every call.
+        assert handle(counted) == handle(counted_file) == workspace
         both = await s.call_tool("text_stats", {"text": "a", "path": "b"})
         assert both.is_error and both.content[0].text == "give exactly one of text or path"
 
-        logs = result(await s.call_tool("log_summary", {"path": "file:///logs/api"}))
+        summarized = await s.call_tool("log_summary", {"path": "file:///logs/api"})
+        assert handle(summarized) == workspace
+        logs = result(summarized)
         assert logs["files"] == ["file:///logs/api/2026-11-20.log"]
         assert logs["lines"] == 10
         assert logs["levels"] == {"INFO": 3, "ERROR": 4, "WARN": 2, "DEBUG": 1}

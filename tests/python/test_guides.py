@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import npm_install
+from conftest import HANDLE_LINE, body, handle, npm_install, split_handle, text_block
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDES = ROOT / "docs" / "integrations"
@@ -33,17 +33,22 @@ MARK = "<!-- tested: "
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 TIMEOUT = 120
 
-# What each Python example must print (it also must exit 0).
+# The last line of a printed result's text: the handle of the workspace the call used.
+NAMED = HANDLE_LINE.pattern
+# What each Python example must print (it also must exit 0): text, or a pattern to search for.
 PRINTS = {
     "mistral-streamable-http": [
         "'code_interpreter'",
-        "[{'type': 'text', 'text': '42\\n'}]",
+        text_block("42\\n"),
         # The gotcha: a plot is a text line naming the file, never an image block.
         "outputs/figure-1.png (image/png",
     ],
-    "mistral-sse": ["[{'type': 'text', 'text': '120\\n'}]"],
-    "openai-agents-streamable-http": ["'code_interpreter'", "code_interpreter: 42\n"],
-    "openai-agents-sse-and-stdio": ["toolhost-sse 45\n", "toolhost-stdio 45\n"],
+    "mistral-sse": [text_block("120\\n")],
+    "openai-agents-streamable-http": ["'code_interpreter'", re.compile(rf"code_interpreter: 42\n{NAMED}\n")],
+    "openai-agents-sse-and-stdio": [
+        re.compile(rf"toolhost-sse 45\n{NAMED}\n"),
+        re.compile(rf"toolhost-stdio 45\n{NAMED}\n"),
+    ],
     "pydantic-ai": ["'code_interpreter'", "status: ok stdout: 42\n"],
 }
 OTHERS = {
@@ -119,7 +124,8 @@ def test_python_example(name, tmp_path):
     stdout = run([sys.executable, str(script)], server_env(), tmp_path)
 
     for expected in PRINTS[name]:
-        assert expected in stdout, f"{name} should print {expected!r}; it printed:\n{stdout}"
+        found = expected.search(stdout) if isinstance(expected, re.Pattern) else expected in stdout
+        assert found, f"{name} should print {expected!r}; it printed:\n{stdout}"
 
 
 GUARD = re.compile(r'^( *)if os\.environ\.get\("(\w+_API_KEY)"\):$')
@@ -170,8 +176,10 @@ def claude_entry(name):
     return servers["toolhost"]
 
 
-async def session_over_stdio(command, args, env, code):
-    """initialize, tools/list and one code_interpreter call over stdio, as Claude Desktop would."""
+async def session_over_stdio(command, args, env, code, workspace=None):
+    """initialize, tools/list and one code_interpreter call over stdio, as Claude Desktop would;
+    returns the call's text but its last line, which must name the workspace: a handle, or
+    `workspace` (the folder `--workspace` gave)."""
     from mcp import ClientSession, StdioServerParameters, stdio_client
 
     async with stdio_client(StdioServerParameters(command=command, args=args, env=env)) as (read, write):
@@ -182,7 +190,8 @@ async def session_over_stdio(command, args, env, code):
             assert {"code_interpreter", "read_file", "write_file"} <= names, names
             ran = await session.call_tool("code_interpreter", {"code": code})
             assert not ran.is_error, ran.content[0].text
-            return ran.content[0].text
+            handle(ran, named=workspace)
+            return split_handle(ran.content[0].text, named=workspace)[0]
 
 
 @pytest.mark.anyio
@@ -199,7 +208,9 @@ async def test_claude_desktop_stdio_entry(tmp_path):
     workspace = tmp_path / "kept" / "workspace"
     env = {**entry["env"], "TOOLHOST_CACHE": os.environ["TOOLHOST_CACHE"]}
     code = "open('notes.txt', 'w').write('kept')\nprint(6 * 7)"
-    text = await session_over_stdio(os.environ["TOOLHOST_BIN"], ["stdio", "--workspace", str(workspace)], env, code)
+    text = await session_over_stdio(
+        os.environ["TOOLHOST_BIN"], ["stdio", "--workspace", str(workspace)], env, code, workspace=str(workspace)
+    )
 
     assert text.startswith("42\n"), text
     # --workspace, as the page says, creates the folder and keeps the files after the session.
@@ -265,8 +276,10 @@ def test_inspector_cli_over_http_and_sse(tmp_path):
 
     listed, called = json_documents(stdout)
     assert "code_interpreter" in {tool["name"] for tool in listed["tools"]}
-    assert called["content"] == [{"type": "text", "text": "42\n"}]
+    [text] = called["content"]
+    assert text["type"] == "text" and body(text["text"]) == "42\n", called
     assert called["structuredContent"]["status"] == "ok"
+    handle(called)
 
 
 def test_inspector_cli_over_stdio(tmp_path):
@@ -278,4 +291,6 @@ def test_inspector_cli_over_stdio(tmp_path):
     stdout = run(["bash", "-euc", script], server_env(HOME=str(tmp_path)), tmp_path)
 
     result = json.loads(stdout)["result"]
-    assert result["content"] == [{"type": "text", "text": "45\n"}], result
+    [text] = result["content"]
+    assert text["type"] == "text" and body(text["text"]) == "45\n", result
+    handle(result)

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from conftest import body, handle, split_handle
+
 pytestmark = pytest.mark.anyio
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.show()"
@@ -25,12 +27,15 @@ async def test_mistral_sse_and_streamable_http_clients(url, auth):
         try:
             names = {t.function.name for t in await client.get_tools()}
             assert {"code_interpreter", "read_file", "write_file"} <= names
-            assert await client.execute_tool("code_interpreter", {"code": "print(6 * 7)"}) == [
-                {"type": "text", "text": "42\n"}
-            ]
+            [printed] = await client.execute_tool("code_interpreter", {"code": "print(6 * 7)"})
+            assert printed["type"] == "text"
+            output, workspace = split_handle(printed["text"])
+            assert output == "42\n"
             # Mistral's client refuses any non-text block: a plot comes back as text naming the file.
-            plotted = await client.execute_tool("code_interpreter", {"code": PLOT})
-            assert "outputs/figure-1.png" in plotted[0]["text"]
+            [plotted] = await client.execute_tool("code_interpreter", {"code": PLOT})
+            assert plotted["type"] == "text" and "outputs/figure-1.png" in body(plotted["text"])
+            # One session, one workspace: the model's next call finds the files of the last.
+            assert split_handle(plotted["text"])[1] == workspace
         finally:
             await client.aclose()
 
@@ -62,7 +67,16 @@ async def test_openai_agents_mcp_servers(url, auth, toolhost_bin, stdio_env):
             names = {t.name for t in await server.list_tools()}
             assert "code_interpreter" in names
             result = await server.call_tool("code_interpreter", {"code": "sum(range(10))"})
-            assert result.content[0].text == "45\n"
+            assert body(result.content[0].text) == "45\n"
+            workspace = handle(result)
+            again = await server.call_tool("list_files", {})
+            if isinstance(server, MCPServerStreamableHttp):
+                # The SDK speaks 2026-07-28 over /mcp, without a session: a call naming no
+                # workspace gets a new one, and one naming the handle continues the first's.
+                assert handle(again) != workspace
+                again = await server.call_tool("list_files", {"workspace": workspace})
+            # Over SSE and stdio, a session, every call works in the session's workspace.
+            assert handle(again) == workspace
             agent = Agent(name="analyst", instructions="Use the tools.", mcp_servers=[server],
                           mcp_config={"convert_schemas_to_strict": True})
             tools = await agent.get_mcp_tools(RunContextWrapper(context=None))
@@ -71,18 +85,37 @@ async def test_openai_agents_mcp_servers(url, auth, toolhost_bin, stdio_env):
             await server.cleanup()
 
 
-async def test_pydantic_ai_toolset(url, auth):
+async def test_pydantic_ai_toolset(url, auth, token):
+    from fastmcp import Client
     from pydantic_ai import Agent
     from pydantic_ai.mcp import MCPToolset
     from pydantic_ai.models.test import TestModel
 
-    for endpoint in (f"{url}/sse", f"{url}/mcp"):
-        toolset = MCPToolset(endpoint, headers=auth)
+    for toolset, in_session in (
+        (MCPToolset(f"{url}/sse", headers=auth), True),
+        (MCPToolset(f"{url}/mcp", headers=auth), False),
+        # The guide's way to keep one workspace over /mcp: a session's handshake.
+        (MCPToolset(Client(f"{url}/mcp", auth=token, mode="legacy")), True),
+    ):
         async with toolset:
             names = {t.name for t in await toolset.list_tools()}
             assert "calculate_sum" in names
             total = await toolset.direct_call_tool("calculate_sum", {"a": 40, "b": 2})
             assert total in (42, 42.0, {"sum": 42.0}), total
+            # The structured content is what pydantic-ai returns; it names the workspace.
+            wrote = await toolset.direct_call_tool("write_file", {"path": "n.txt", "content": "7"})
+            workspace = wrote["workspace"]
+            listed = await toolset.direct_call_tool("list_files", {})
+            if in_session:
+                # The next call works in the session's workspace.
+                assert listed["workspace"] == workspace and [e["path"] for e in listed["entries"]] == ["n.txt"]
+            else:
+                # 2026-07-28, without a session: a call naming no workspace gets a new, empty one.
+                assert listed["workspace"] != workspace and listed["entries"] == [], listed
+            # A call that names the handle works on the same files.
+            named = {"code": "print(open('n.txt').read())", "workspace": workspace}
+            read = await toolset.direct_call_tool("code_interpreter", named)
+            assert read["workspace"] == workspace and read["stdout"] == "7\n", read
 
     agent = Agent(TestModel(call_tools=["calculate_sum"]), toolsets=[MCPToolset(f"{url}/mcp", headers=auth)])
     async with agent:

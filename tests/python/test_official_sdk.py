@@ -1,6 +1,7 @@
 """The official `mcp` Python SDK against toolhost on every transport: legacy HTTP+SSE
 (`sse_client`), streamable HTTP (`streamable_http_client`) and stdio. Each session lists the
-tools, runs code, writes and reads a file, reads a resource and gets a prompt."""
+tools, runs code, writes, reads, lists and deletes files, all in the session's own workspace, reads
+a resource and gets a prompt."""
 
 import json
 from contextlib import asynccontextmanager
@@ -12,6 +13,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+
+from conftest import body, handle
 
 pytestmark = pytest.mark.anyio
 
@@ -49,22 +52,40 @@ async def test_a_whole_session(transport, url, auth, toolhost_bin, stdio_env):
 
         ran = await s.call_tool("code_interpreter", {"code": "import numpy as np\nnp.arange(5).sum()"})
         assert not ran.is_error
-        assert ran.content[0].text == "10\n"
+        assert body(ran.content[0].text) == "10\n"
         assert ran.structured_content["status"] == "ok"
+        # Every file tool names the workspace it used: in a session, always the session's own.
+        workspace = handle(ran)
 
         wrote = await s.call_tool("write_file", {"path": "notes/hello.txt", "content": "hello from python"})
         assert wrote.structured_content == {
             "path": "notes/hello.txt",
             "size": 17,
             "uri": "file:///workspace/notes/hello.txt",
+            "workspace": workspace,
         }
+        assert handle(wrote) == workspace
         read = await s.call_tool("code_interpreter", {"code": "print(open('notes/hello.txt').read().upper())"})
-        assert read.content[0].text == "HELLO FROM PYTHON\n"
+        assert body(read.content[0].text) == "HELLO FROM PYTHON\n"
+        assert handle(read) == workspace
         back = await s.call_tool("read_file", {"path": "notes/hello.txt"})
-        assert back.content[0].text == "hello from python"
+        # The file does not end in a line break; the line before the handle's does.
+        assert body(back.content[0].text) == "hello from python\n"
+        assert back.structured_content["content"] == "hello from python"
+        assert handle(back) == workspace
+        listed = await s.call_tool("list_files", {"path": "notes"})
+        assert [entry["path"] for entry in listed.structured_content["entries"]] == ["notes/hello.txt"]
+        assert handle(listed) == workspace
+        # Naming the session's workspace is the same as naming none: its files keep their short URIs.
+        named = await s.call_tool("write_file", {"path": "notes/bye.txt", "content": "bye", "workspace": workspace})
+        assert named.structured_content["uri"] == "file:///workspace/notes/bye.txt"
+        assert handle(named) == workspace
+        deleted = await s.call_tool("delete_file", {"path": "notes/bye.txt"})
+        assert handle(deleted) == workspace
 
         resources = (await s.list_resources()).resources
         assert "file:///workspace/notes/hello.txt" in [str(r.uri) for r in resources]
+        assert "file:///workspace/notes/bye.txt" not in [str(r.uri) for r in resources]
         contents = (await s.read_resource("file:///workspace/notes/hello.txt")).contents
         assert contents[0].text == "hello from python"
 
@@ -86,6 +107,8 @@ async def test_bad_arguments_are_tool_errors_the_model_can_read(transport, url, 
         escape = await s.call_tool("read_file", {"path": "../../etc/passwd"})
         assert escape.is_error
         assert "'..' is not allowed" in escape.content[0].text
+        # An error names no workspace.
+        assert escape.structured_content is None and "workspace: ws_" not in escape.content[0].text
         # The session is still fine.
         ok = await s.call_tool("calculate_sum", {"a": 1, "b": 2})
         assert ok.content[0].text == "3"

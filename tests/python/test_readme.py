@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, default_server
+from conftest import HANDLE_LINE, ROOT, default_server
 
 BLOCK = re.compile(r"<!-- tested: readme-session -->\n```python\n(.*?)^```$", re.S | re.M)
 IDLE_SECONDS = 10
@@ -36,3 +36,5 @@ def test_the_readme_first_session(tmp_path):
             "'type': 'integer'}"
         ), lines[1]
         assert lines[2] == "{'north': 160, 'south': 80}", done.stdout
+        # The text's last line names the workspace the program kept passing on.
+        assert HANDLE_LINE.fullmatch(lines[3]) and len(lines) == 4, done.stdout

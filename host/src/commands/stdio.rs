@@ -15,14 +15,17 @@ pub fn run(settings: Settings, workspace: Option<PathBuf>) -> Result<ExitCode> {
     runtime.block_on(async move {
         let (app, ready) = super::start_app(&settings)?;
         let session = match &workspace {
-            Some(dir) => app.sessions.open_at(dir, settings.app.inline_images),
+            Some(dir) => app
+                .sessions
+                .open_at(dir, settings.app.inline_images)
+                .with_context(|| format!("cannot use {} as the workspace", dir.display()))?,
             None => app.sessions.open(settings.app.inline_images),
         };
-        tracing::info!(
-            "toolhost {} serving MCP on stdio; workspace {}",
-            env!("CARGO_PKG_VERSION"),
-            session.dir().display()
+        let shown = workspace.as_ref().map_or_else(
+            || format!("a new one under {}", settings.app.workspaces_dir.display()),
+            |dir| dir.display().to_string(),
         );
+        tracing::info!("toolhost {} serving MCP on stdio; workspace {shown}", env!("CARGO_PKG_VERSION"));
         let handler = McpHandler::new(app.clone(), session);
         let running = handler.serve(rmcp::transport::stdio()).await.context("the MCP client did not initialize")?;
         let service = tokio::spawn(async move { running.waiting().await });
@@ -35,7 +38,6 @@ pub fn run(settings: Settings, workspace: Option<PathBuf>) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
-        app.sessions.reap_all();
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -1,4 +1,5 @@
-//! Resources: the session's workspace files as `file:///workspace/<path>`, and each configured
+//! Resources: the session's default workspace's files as `file:///workspace/<path>`, any other
+//! workspace of the principal's as `file:///workspaces/<handle>/<path>`, and each configured
 //! read-only root's files as `file:///<root>/<path>`; text as text, anything else as a blob.
 
 use base64::Engine;
@@ -20,13 +21,14 @@ pub const MAX_RESOURCE_BYTES: u64 = 384 << 10;
 /// Where a resource URI points.
 enum Target<'a> {
     Workspace(String),
+    Named(String, String),
     Root(&'a crate::app::Root, String),
 }
 
 pub fn list(app: &App, session: &Session, cursor: Option<String>) -> Result<ListResourcesResult, McpError> {
     let mut all = Vec::new();
-    if let Ok(workspace) = session.workspace() {
-        collect(workspace, "workspace", &mut all);
+    if let Some(space) = session.default_workspace() {
+        collect(space.files(), "workspace", &mut all);
     }
     for root in &app.roots {
         collect(&root.folder, &root.name, &mut all);
@@ -60,6 +62,8 @@ pub fn templates(app: &App) -> ListResourceTemplatesResult {
     let mut templates = vec![
         ResourceTemplate::new("file:///workspace/{path}", "workspace file")
             .with_description("A file in this session's workspace (/workspace in code_interpreter)."),
+        ResourceTemplate::new("file:///workspaces/{workspace}/{path}", "file of a workspace by handle")
+            .with_description("A file in one of your workspaces, named by its handle (ws_...)."),
     ];
     for root in &app.roots {
         templates.push(
@@ -74,12 +78,20 @@ pub fn templates(app: &App) -> ListResourceTemplatesResult {
 }
 
 pub fn read(app: &App, session: &Session, uri: &str) -> Result<ReadResourceResult, McpError> {
-    let (folder, path) = match target(app, uri)? {
-        Target::Workspace(path) => (session.workspace().map_err(|e| not_found(uri, &e.to_string()))?, path),
-        Target::Root(root, path) => (&root.folder, path),
+    let space = |handle: Option<&str>| match handle {
+        Some(handle) => session.workspace(Some(handle)).map_err(|e| not_found(uri, &e.to_string())),
+        None => session.default_workspace().ok_or_else(|| {
+            not_found(
+                uri,
+                "this session has no workspace yet (without a session, name one: file:///workspaces/<handle>/<path>)",
+            )
+        }),
     };
-    let (bytes, size) =
-        folder.read(&path, 0, Some(MAX_RESOURCE_BYTES + 1)).map_err(|e| not_found(uri, &e.to_string()))?;
+    let (bytes, size, path) = match target(app, uri)? {
+        Target::Workspace(path) => read_in(space(None)?.files(), uri, path)?,
+        Target::Named(handle, path) => read_in(space(Some(&handle))?.files(), uri, path)?,
+        Target::Root(root, path) => read_in(&root.folder, uri, path)?,
+    };
     if size > MAX_RESOURCE_BYTES {
         return Err(McpError::invalid_params(
             format!(
@@ -96,6 +108,13 @@ pub fn read(app: &App, session: &Session, uri: &str) -> Result<ReadResourceResul
             .with_mime_type(mime),
     };
     Ok(ReadResourceResult::new(vec![contents]))
+}
+
+/// Up to one byte more than a resource read returns of `path`, its size, and the path.
+fn read_in(folder: &Workspace, uri: &str, path: String) -> Result<(Vec<u8>, u64, String), McpError> {
+    let (bytes, size) =
+        folder.read(&path, 0, Some(MAX_RESOURCE_BYTES + 1)).map_err(|e| not_found(uri, &e.to_string()))?;
+    Ok((bytes, size, path))
 }
 
 /// Checks a `resources/subscribe` URI. Any URI that could name a resource later is accepted,
@@ -125,11 +144,21 @@ fn target<'a>(app: &'a App, uri: &str) -> Result<Target<'a>, McpError> {
         .strip_prefix("file:///")
         .ok_or_else(|| not_found(uri, "resource URIs look like file:///workspace/<path>"))?;
     let (first, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (handle, path) = match first {
+        "workspaces" => {
+            let (handle, path) = path.split_once('/').unwrap_or((path, ""));
+            (Some(handle.to_string()), path)
+        }
+        _ => (None, path),
+    };
     let path = percent_encoding::percent_decode_str(path)
         .decode_utf8()
         .map_err(|_| not_found(uri, "the path is not UTF-8"))?
         .into_owned();
     workspace::resolve(&path).map_err(|e| not_found(uri, &e.to_string()))?;
+    if let Some(handle) = handle {
+        return Ok(Target::Named(handle, path));
+    }
     if first == "workspace" {
         return Ok(Target::Workspace(path));
     }

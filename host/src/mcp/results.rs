@@ -10,6 +10,7 @@ use rmcp::model::{CallToolResult, ContentBlock};
 
 use crate::sandbox::Status;
 use crate::tools::{Failure, FailureKind, ToolError, ToolOutput};
+use crate::workspaces::HandleError;
 
 /// No tool result may serialize to more than this; clients refuse large messages.
 pub const MAX_RESULT_BYTES: usize = 512 << 10;
@@ -33,6 +34,8 @@ impl CallStatus {
             }
             Err(ToolError::InvalidArguments(_)) => CallStatus::InvalidArguments,
             Err(ToolError::Workspace(_)) => CallStatus::Refused,
+            Err(ToolError::Handle(HandleError::Busy(_))) => CallStatus::Busy,
+            Err(ToolError::Handle(_)) => CallStatus::Refused,
             Err(ToolError::Busy(_)) => CallStatus::Busy,
             Err(ToolError::NotReady(_)) => CallStatus::NotReady,
             Err(ToolError::Failed(failure)) => CallStatus::Ran(match failure.kind {

@@ -22,15 +22,15 @@ pub struct Limits {
     /// What a tool result carries of each stream (head and tail); the whole stream is saved in
     /// the workspace when it is cut.
     pub result_output_bytes: usize,
-    /// Bytes a session's workspace may hold.
+    /// Bytes a workspace may hold.
     pub workspace_bytes: u64,
-    /// Files (and folders) a session's workspace may hold.
+    /// Files (and folders) a workspace may hold.
     pub workspace_files: u64,
     /// Bytes a call's `/tmp` may hold (its files and folders count against `workspace_files`
     /// too, separately from the workspace's).
     pub tmp_bytes: u64,
-    /// Bytes all of one principal's session workspaces may hold together (ended sessions'
-    /// included until their folders are removed).
+    /// Bytes all of one principal's workspaces may hold together (those this process has
+    /// opened since it started, until they expire).
     pub principal_disk_bytes: u64,
 }
 

@@ -87,7 +87,7 @@ pub async fn open(
     legacy.owners.record_legacy(&id, owner, stop.clone());
     legacy.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), to_server);
 
-    let handler = McpHandler::new(legacy.app.clone(), session);
+    let handler = McpHandler::legacy(legacy.app.clone(), session);
     let session_id = id.clone();
     let stream_stop = stop.clone();
     tokio::spawn(async move {

@@ -39,6 +39,7 @@ impl CalculateSum {
                     "required": ["sum"],
                 })),
                 hints: Hints { read_only: true, destructive: false, idempotent: true, open_world: false },
+                workspace: super::Access::None,
             },
         }
     }

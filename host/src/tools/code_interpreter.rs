@@ -1,4 +1,4 @@
-//! `code_interpreter`: runs Python in a fresh sandbox on the session's workspace, reporting
+//! `code_interpreter`: runs Python in a fresh sandbox on a workspace (named, or the session's), reporting
 //! progress while it runs, stopping when the client cancels.
 
 use std::sync::Arc;
@@ -39,8 +39,10 @@ impl CodeInterpreter {
              pyyaml, jinja2, tabulate and the standard library. No network, no pip install, no \
              subprocesses or threads.\n\n\
              Each call starts a new interpreter: variables and imports do NOT persist between calls. \
-             Files do: /workspace is this session's workspace and the current directory, shared with \
-             list_files, read_file, write_file and delete_file. Save anything you want to keep there.\n\n\
+             Files do: /workspace is the workspace and the current directory, shared with list_files, \
+             read_file, write_file and delete_file. Save anything you want to keep there. The result's \
+             last line names the workspace (ws_...): pass it as `workspace` to keep working on the same \
+             files in later calls.\n\n\
              The value of a final expression is printed, like a notebook cell. matplotlib: plt.show() \
              saves each figure as /workspace/outputs/figure-N.png (figures left open are saved too). \
              On this 32-bit platform numpy's default integer is 32-bit: use dtype=np.int64 for large \
@@ -71,6 +73,7 @@ impl CodeInterpreter {
                 input_schema,
                 output_schema: Some(output_schema()),
                 hints: Hints { read_only: false, destructive: false, idempotent: false, open_world: false },
+                workspace: super::Access::Write,
             },
         }
     }
@@ -86,12 +89,12 @@ impl Tool for CodeInterpreter {
         let args: Args = parse(args)?;
         let sandbox = ctx.services.sandbox().await?;
         let limits = sandbox.limits().narrowed(args.timeout_s.map(Duration::from_secs_f64));
-        let workspace = ctx.session.workspace()?;
+        let workspace = ctx.workspace()?.files();
         let run = sandbox.run(Call {
             roots: ctx.services.roots.clone(),
             cancel: ctx.cancel.clone(),
             share: ctx.session.principal().to_string(),
-            host_tools: CodeMode::for_run(ctx.services, ctx.session, &ctx.cancel)
+            host_tools: CodeMode::for_run(ctx.services, ctx.session, ctx.workspace()?, &ctx.cancel)
                 .map(|door| door as Arc<dyn HostTools>),
             ..Call::new(args.code, workspace, limits)
         });
@@ -99,7 +102,10 @@ impl Tool for CodeInterpreter {
             Some(sink) => with_progress(run, sink, limits.timeout).await,
             None => run.await,
         };
-        let outcome = outcome?;
+        let mut outcome = outcome?;
+        for file in &mut outcome.files {
+            file.uri = ctx.uri(&file.path);
+        }
         let images = if ctx.inline_images { inline_images(&outcome, workspace) } else { Vec::new() };
         Ok(ToolOutput {
             text: render(&outcome),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{FailureKind, Registry, Services, ToolContext, ToolError};
 use crate::sandbox::{Frame, HostTools, MAX_ANSWER_BYTES, MAX_REQUEST_BYTES};
 use crate::sessions::Session;
+use crate::workspaces::Space;
 
 /// The protocol version spoken.
 const VERSION: u64 = 1;
@@ -30,6 +31,8 @@ const MARGIN: Duration = Duration::from_millis(250);
 pub struct CodeMode {
     services: Arc<Services>,
     session: Arc<Session>,
+    /// The run's workspace: a tool call naming none works in it.
+    space: Arc<Space>,
     registry: Arc<Registry>,
     /// Cancelled with the run.
     cancel: CancellationToken,
@@ -42,6 +45,7 @@ impl CodeMode {
     pub fn for_run(
         services: &Arc<Services>,
         session: &Arc<Session>,
+        space: &Arc<Space>,
         cancel: &CancellationToken,
     ) -> Option<Arc<CodeMode>> {
         let registry = services.catalog.current();
@@ -51,6 +55,7 @@ impl CodeMode {
         Some(Arc::new(CodeMode {
             services: services.clone(),
             session: session.clone(),
+            space: space.clone(),
             registry,
             cancel: cancel.clone(),
             max_calls: services.code_mode_max_calls,
@@ -107,6 +112,8 @@ impl CodeMode {
             progress: None,
             inline_images: false,
             deadline: Some(deadline),
+            caller: Some(self.space.clone()),
+            space: None,
         };
         let call = self.registry.call(name, Some(args), &ctx);
         let result = match tokio::time::timeout_at(deadline.into(), call).await {
@@ -134,9 +141,9 @@ impl CodeMode {
                 tracing::error!(tool = name, "a tool called from code failed: {error:#}");
                 Err(Refusal::new(Kind::ToolError, format!("{name} failed (internal error)")))
             }
-            Err(other @ (ToolError::Workspace(_) | ToolError::Busy(_) | ToolError::NotReady(_))) => {
-                Err(Refusal::new(Kind::ToolError, other.to_string()))
-            }
+            Err(
+                other @ (ToolError::Workspace(_) | ToolError::Busy(_) | ToolError::NotReady(_) | ToolError::Handle(_)),
+            ) => Err(Refusal::new(Kind::ToolError, other.to_string())),
         }
     }
 

@@ -22,8 +22,7 @@ impl DeleteFile {
             definition: ToolDefinition {
                 name: "delete_file".into(),
                 title: "Delete a workspace file".into(),
-                description: "Delete a file, a link, or an empty folder from this session's workspace (/workspace)."
-                    .into(),
+                description: "Delete a file, a link, or an empty folder from the workspace (/workspace).".into(),
                 input_schema: object_schema(
                     json!({"path": {"type": "string", "description": "What to delete, relative to the workspace; /workspace/... also works."}}),
                     &["path"],
@@ -34,6 +33,7 @@ impl DeleteFile {
                     "required": ["path", "deleted"],
                 })),
                 hints: Hints { read_only: false, destructive: true, idempotent: false, open_world: false },
+                workspace: super::Access::Write,
             },
         }
     }
@@ -48,7 +48,7 @@ impl Tool for DeleteFile {
     async fn call(&self, args: Map<String, Value>, ctx: &ToolContext<'_>) -> Result<ToolOutput, ToolError> {
         let args: Args = parse(args)?;
         let path = workspace::display(&workspace::resolve(&args.path)?);
-        let kind = ctx.session.workspace()?.delete(&path)?.as_str();
+        let kind = ctx.workspace()?.files().delete(&path)?.as_str();
         Ok(ToolOutput {
             text: format!("deleted the {kind} {path}"),
             structured: Some(json!({"path": path, "deleted": kind})),

@@ -22,7 +22,7 @@ impl ListFiles {
             definition: ToolDefinition {
                 name: "list_files".into(),
                 title: "List workspace files".into(),
-                description: "List the files and folders in this session's workspace (/workspace, the folder \
+                description: "List the files and folders in the workspace (/workspace, the folder \
                               code_interpreter runs in), or in one of its folders. Each entry has its name, \
                               path, type (file or dir), size in bytes and modification time."
                     .into(),
@@ -52,6 +52,7 @@ impl ListFiles {
                     "required": ["path", "entries"],
                 })),
                 hints: Hints { read_only: true, destructive: false, idempotent: true, open_world: false },
+                workspace: super::Access::Read,
             },
         }
     }
@@ -67,7 +68,7 @@ impl Tool for ListFiles {
         let args: Args = parse(args)?;
         let path = args.path.unwrap_or_default();
         let folder = workspace::display(&workspace::resolve(&path)?);
-        let entries = ctx.session.workspace()?.list(&path)?;
+        let entries = ctx.workspace()?.files().list(&path)?;
         let mut text = format!("/workspace/{folder}: {} entries\n", entries.len());
         let mut listed = Vec::new();
         for (path, entry) in &entries {

@@ -124,6 +124,7 @@ impl OrgTool {
                     idempotent: a.idempotent_hint,
                     open_world: a.open_world_hint,
                 },
+                workspace: if read_only { super::Access::Read } else { super::Access::Write },
             },
             folder: folder.canonicalize().unwrap_or_else(|_| folder.to_path_buf()),
             limits,
@@ -221,7 +222,7 @@ impl Tool for OrgTool {
             }
             limits.timeout = limits.timeout.min(left);
         }
-        let workspace = ctx.session.workspace()?;
+        let workspace = ctx.workspace()?.files();
         let mut roots = vec![ReadOnlyRoot { name: TOOL_MOUNT.into(), host: self.folder.clone() }];
         roots.extend(ctx.services.roots.iter().filter(|r| self.roots.contains(&r.name)).cloned());
         let stdin = serde_json::to_vec(&Value::Object(args)).map_err(anyhow::Error::from)?;

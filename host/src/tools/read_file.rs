@@ -31,7 +31,7 @@ impl ReadFile {
                 name: "read_file".into(),
                 title: "Read a workspace file".into(),
                 description: format!(
-                    "Read a file from this session's workspace (/workspace). UTF-8 files come back as text; \
+                    "Read a file from the workspace (/workspace). UTF-8 files come back as text; \
                      other files as base64 with their MIME type. At most {} KiB per call: use offset and \
                      length (in bytes) to read a large file in parts.",
                     MAX_READ_BYTES >> 10
@@ -59,6 +59,7 @@ impl ReadFile {
                     "required": ["path", "size", "offset", "length", "encoding", "mime_type", "content", "truncated"],
                 })),
                 hints: Hints { read_only: true, destructive: false, idempotent: true, open_world: false },
+                workspace: super::Access::Read,
             },
         }
     }
@@ -75,7 +76,7 @@ impl Tool for ReadFile {
         let path = workspace::display(&workspace::resolve(&args.path)?);
         let offset = args.offset.unwrap_or(0);
         let length = args.length.unwrap_or(MAX_READ_BYTES).min(MAX_READ_BYTES);
-        let (mut bytes, size) = ctx.session.workspace()?.read(&path, offset, Some(length))?;
+        let (mut bytes, size) = ctx.workspace()?.files().read(&path, offset, Some(length))?;
         let mime_type = mime_guess::from_path(&path).first_or_octet_stream().essence_str().to_string();
         let text = utf8_prefix(&mut bytes, offset + length < size);
         let end = offset + bytes.len() as u64;

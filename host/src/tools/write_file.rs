@@ -25,7 +25,7 @@ impl WriteFile {
             definition: ToolDefinition {
                 name: "write_file".into(),
                 title: "Write a workspace file".into(),
-                description: "Write a file into this session's workspace (/workspace), replacing it if it exists \
+                description: "Write a file into the workspace (/workspace), replacing it if it exists \
                               and making its folders. The write is atomic: readers see the old file or the new \
                               one, never a part. Give binary content as base64 with encoding \"base64\". Code run \
                               by code_interpreter sees the file at /workspace/<path>."
@@ -44,6 +44,7 @@ impl WriteFile {
                     "required": ["path", "size", "uri"],
                 })),
                 hints: Hints { read_only: false, destructive: true, idempotent: true, open_world: false },
+                workspace: super::Access::Write,
             },
         }
     }
@@ -64,8 +65,8 @@ impl Tool for WriteFile {
             _ => args.content.into_bytes(),
         };
         let path = workspace::display(&workspace::resolve(&args.path)?);
-        let size = ctx.session.workspace()?.write(&path, &bytes)?;
-        let uri = workspace::uri(&path);
+        let size = ctx.workspace()?.files().write(&path, &bytes)?;
+        let uri = ctx.uri(&path);
         Ok(ToolOutput {
             text: format!("wrote {size} bytes to {path} ({uri})"),
             structured: Some(json!({"path": path, "size": size, "uri": uri})),

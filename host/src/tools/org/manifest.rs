@@ -61,7 +61,7 @@ pub struct ToolLimits {
     pub fuel: Option<u64>,
 }
 
-/// How the tool sees the session's workspace.
+/// How the tool sees the workspace of the call.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkspaceAccess {
