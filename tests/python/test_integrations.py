@@ -1,7 +1,7 @@
 """The integrations the README documents, each run against the real server up to the point
 where a model would be called (no API keys here): Mistral's MCP clients with RunContext, the
 OpenAI Agents SDK's MCP servers, pydantic-ai's MCPToolset, and `mcp.Client`, which probes
-`server/discover` before falling back to `initialize`."""
+`server/discover` and speaks 2026-07-28 when the server does (toolhost does, on /mcp)."""
 
 import time
 
@@ -123,7 +123,7 @@ async def test_pydantic_ai_toolset(url, auth, token):
     assert "calculate_sum" in result.output
 
 
-async def test_the_discover_probe_falls_back_to_initialize_at_once(url, token):
+async def test_the_discover_probe_negotiates_2026_07_28_at_once(url, token):
     import httpx2
     from mcp import Client
 
@@ -133,5 +133,6 @@ async def test_the_discover_probe_falls_back_to_initialize_at_once(url, token):
         started = time.monotonic()
         async with Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
             assert time.monotonic() - started < 5
+            assert client.protocol_version == "2026-07-28"
             result = await client.call_tool("calculate_sum", {"a": 1, "b": 1})
             assert result.content[0].text == "2"
