@@ -90,9 +90,9 @@ impl McpHandler {
         let name = request.name.to_string();
         let started = Instant::now();
         self.bind(&context);
+        let modern = context.protocol_version().is_some_and(|version| version >= ProtocolVersion::V_2026_07_28);
         // 2026-07-28 over HTTP: this handler serves this one request (stdio keeps its session).
-        let in_session = context.protocol_version().is_none_or(|version| version < ProtocolVersion::V_2026_07_28);
-        if !in_session && context.extensions.get::<http::request::Parts>().is_some() {
+        if modern && context.extensions.get::<http::request::Parts>().is_some() {
             self.session.serve_one_request();
         }
         let progress =
@@ -114,8 +114,8 @@ impl McpHandler {
                 None,
             ));
         };
-        // Resource notifications go to a session's client; a session-less request has none.
-        if in_session && result.as_ref().is_ok_and(|output| output.changed_workspace) {
+        // 2026-07-28 sends change notifications only on subscriptions/listen, never unasked.
+        if !modern && result.as_ref().is_ok_and(|output| output.changed_workspace) {
             self.announce_workspace_change(&context.peer).await;
         }
         if let Some((level, message)) = log::notice(&name, results::CallStatus::of(&result)) {

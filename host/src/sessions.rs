@@ -79,19 +79,21 @@ pub struct Session {
 
 impl Session {
     /// The workspace `handle` names (its owner must be whom the session acts for), or, with
-    /// none, the session's default, made now if it does not exist yet.
+    /// none, the session's default, made now if it does not exist yet; marked used.
     pub fn workspace(&self, handle: Option<&str>) -> Result<Arc<Space>, HandleError> {
         let mut default = held(&self.default);
-        match (handle, &*default) {
-            (Some(handle), Some(space)) if space.handle() == handle => Ok(space.clone()),
-            (Some(handle), _) => self.workspaces.open(handle, &self.principal()),
-            (None, Some(space)) => Ok(space.clone()),
+        let space = match (handle, &*default) {
+            (Some(handle), Some(space)) if space.handle() == handle => space.clone(),
+            (Some(handle), _) => self.workspaces.open(handle, &self.principal())?,
+            (None, Some(space)) => space.clone(),
             (None, None) => {
                 let space = self.workspaces.create(&self.principal())?;
                 *default = Some(space.clone());
-                Ok(space)
+                space
             }
-        }
+        };
+        space.touch();
+        Ok(space)
     }
 
     /// The default workspace, if one was made.

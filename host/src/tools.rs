@@ -423,7 +423,6 @@ async fn in_workspace(
         Access::Write if !held_by_caller => Some(space.write_lock().await.map_err(HandleError::from)?),
         _ => None,
     };
-    space.touch();
     let handle = space.handle().to_string();
     let mut output = tool.call(args, &ctx.working_in(space)).await?;
     if let Some(Value::Object(structured)) = &mut output.structured {

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! <root>/ws_…/owner          the principal, written once when the workspace is made
-//! <root>/ws_…/used           its modification time is the last use
+//! <root>/ws_…/used           its modification time is the last use (`Space::touch`)
 //! <root>/ws_…/lock           held by a call that writes (workspaces/lock.rs)
 //! <root>/ws_…/files/         what the guest sees as /workspace
 //! <root>/.principals/<h>/ws_…  one empty file per workspace of a principal (the cap counts them)
@@ -142,7 +142,6 @@ impl Workspaces {
         let made = (|| {
             fs::create_dir(home.join("files"))?;
             fs::File::create_new(home.join("lock"))?;
-            stamp(&home.join("used"))?;
             // Not synced: a record a crash left empty or cut names no principal, so it fails
             // closed (no one may open the workspace), and saves a disk flush per workspace.
             fs::File::create_new(home.join("owner"))?.write_all(owner.as_str().as_bytes())?;
@@ -194,7 +193,6 @@ impl Workspaces {
         if let Some(dormant) = held(&shared.dormant).remove(&handle) {
             dormant.release();
         }
-        let _ = stamp(&home.join("used"));
         let parent = shared.principal_ledger(&owner);
         let files = Workspace::open_under(home.join("files"), shared.settings.quota, Some(parent))
             .map_err(|e| io_error(&home, e))?;
@@ -267,7 +265,8 @@ impl Space {
         lock::acquire(&self.handle, &self.gate, path.as_deref(), self.lock_timeout).await
     }
 
-    /// Marks the workspace used now, so expiry leaves it alone.
+    /// Marks the workspace used now, so expiry leaves it alone (until this stamp is made, a new
+    /// workspace's folder's own time stands for it).
     pub fn touch(&self) {
         if let Some(home) = &self.home {
             let _ = stamp(&home.join("used"));

@@ -20,8 +20,8 @@ pub const MAX_RESOURCE_BYTES: u64 = 384 << 10;
 
 /// Where a resource URI points.
 enum Target<'a> {
-    Workspace(String),
-    Named(String, String),
+    /// A workspace's file: the one a handle names, else the session's default workspace.
+    Workspace(Option<String>, String),
     Root(&'a crate::app::Root, String),
 }
 
@@ -78,20 +78,25 @@ pub fn templates(app: &App) -> ListResourceTemplatesResult {
 }
 
 pub fn read(app: &App, session: &Session, uri: &str) -> Result<ReadResourceResult, McpError> {
-    let space = |handle: Option<&str>| match handle {
-        Some(handle) => session.workspace(Some(handle)).map_err(|e| not_found(uri, &e.to_string())),
-        None => session.default_workspace().ok_or_else(|| {
-            not_found(
-                uri,
-                "this session has no workspace yet (without a session, name one: file:///workspaces/<handle>/<path>)",
-            )
-        }),
+    let space;
+    let (folder, path) = match target(app, uri)? {
+        Target::Workspace(Some(handle), path) => {
+            space = session.workspace(Some(&handle)).map_err(|e| not_found(uri, &e.to_string()))?;
+            (space.files(), path)
+        }
+        Target::Workspace(None, path) => {
+            space = session.default_workspace().ok_or_else(|| {
+                not_found(
+                    uri,
+                    "this session has no workspace yet (without a session, name one: file:///workspaces/<handle>/<path>)",
+                )
+            })?;
+            (space.files(), path)
+        }
+        Target::Root(root, path) => (&root.folder, path),
     };
-    let (bytes, size, path) = match target(app, uri)? {
-        Target::Workspace(path) => read_in(space(None)?.files(), uri, path)?,
-        Target::Named(handle, path) => read_in(space(Some(&handle))?.files(), uri, path)?,
-        Target::Root(root, path) => read_in(&root.folder, uri, path)?,
-    };
+    let (bytes, size) =
+        folder.read(&path, 0, Some(MAX_RESOURCE_BYTES + 1)).map_err(|e| not_found(uri, &e.to_string()))?;
     if size > MAX_RESOURCE_BYTES {
         return Err(McpError::invalid_params(
             format!(
@@ -108,13 +113,6 @@ pub fn read(app: &App, session: &Session, uri: &str) -> Result<ReadResourceResul
             .with_mime_type(mime),
     };
     Ok(ReadResourceResult::new(vec![contents]))
-}
-
-/// Up to one byte more than a resource read returns of `path`, its size, and the path.
-fn read_in(folder: &Workspace, uri: &str, path: String) -> Result<(Vec<u8>, u64, String), McpError> {
-    let (bytes, size) =
-        folder.read(&path, 0, Some(MAX_RESOURCE_BYTES + 1)).map_err(|e| not_found(uri, &e.to_string()))?;
-    Ok((bytes, size, path))
 }
 
 /// Checks a `resources/subscribe` URI. Any URI that could name a resource later is accepted,
@@ -156,11 +154,8 @@ fn target<'a>(app: &'a App, uri: &str) -> Result<Target<'a>, McpError> {
         .map_err(|_| not_found(uri, "the path is not UTF-8"))?
         .into_owned();
     workspace::resolve(&path).map_err(|e| not_found(uri, &e.to_string()))?;
-    if let Some(handle) = handle {
-        return Ok(Target::Named(handle, path));
-    }
-    if first == "workspace" {
-        return Ok(Target::Workspace(path));
+    if handle.is_some() || first == "workspace" {
+        return Ok(Target::Workspace(handle, path));
     }
     match app.root(first) {
         Some(root) => Ok(Target::Root(root, path)),

@@ -21,10 +21,17 @@ fn bob() -> Principal {
     Principal::token(b"bob's token")
 }
 
+/// Closes a workspace, keeping its handle.
+fn handle_of(space: Arc<Space>) -> String {
+    space.handle().to_string()
+}
+
 /// Makes `handle` look unused for `hours`.
 fn age_by(root: &Path, handle: &str, hours: u64) {
     let old = SystemTime::now() - Duration::from_secs(hours * 3600);
     fs::File::options()
+        .create(true)
+        .truncate(false)
         .write(true)
         .open(root.join(handle).join("used"))
         .and_then(|f| f.set_modified(old))
@@ -57,7 +64,7 @@ fn a_workspace_outlives_its_opener_and_only_its_owner_may_open_it() {
         let store = Workspaces::new(settings(tmp.path())).expect("store");
         let space = store.create(&alice()).expect("create");
         space.files().write("notes.txt", b"kept").expect("write");
-        space.handle().to_string()
+        handle_of(space)
     };
     // A new store on the same folder (a restart, another replica) finds it.
     let store = Workspaces::new(settings(tmp.path())).expect("store");
@@ -85,8 +92,7 @@ fn a_principal_may_own_only_so_many_workspaces() {
 fn unused_workspaces_expire_with_a_tombstone_and_used_ones_stay() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = Workspaces::new(settings(tmp.path())).expect("store");
-    let handle = |space: Arc<Space>| space.handle().to_string();
-    let (old, fresh) = (handle(store.create(&alice()).expect("a")), handle(store.create(&alice()).expect("b")));
+    let (old, fresh) = (handle_of(store.create(&alice()).expect("a")), handle_of(store.create(&alice()).expect("b")));
     let busy = store.create(&alice()).expect("c");
     let busy_handle = busy.handle().to_string();
     age_by(tmp.path(), &old, 5);
@@ -160,11 +166,10 @@ fn a_principals_bytes_count_across_its_workspaces_open_or_not() {
 fn an_empty_workspace_goes_after_an_hour_and_one_with_files_keeps_its_ttl() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = Workspaces::new(settings(tmp.path())).expect("store");
-    let handle = |space: Arc<Space>| space.handle().to_string();
-    let empty = handle(store.create(&alice()).expect("empty"));
+    let empty = handle_of(store.create(&alice()).expect("empty"));
     let full = store.create(&alice()).expect("full");
     full.files().write("keep.txt", b"x").expect("write");
-    let full = handle(full);
+    let full = handle_of(full);
     age_by(tmp.path(), &empty, 2);
     age_by(tmp.path(), &full, 2);
     assert_eq!(store.expire(), 1);
