@@ -1,7 +1,6 @@
 //! The running service: its parts wired together (the tool services with the sandbox's
 //! readiness and the catalog, the sessions over the workspace store, the read-only resource
-//! roots). Each part owns its
-//! own state; `App` only holds them. One `App` serves every transport.
+//! roots). Each part owns its own state; `App` only holds them. One `App` serves every transport.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -20,8 +20,8 @@ mod reference;
 pub use reference::reference;
 
 /// The log filter unless one is given: our own lines at info; the MCP library's per-session
-/// lines (opened, initialized, closed) and the protocol errors it answers clients with (an
-/// unsupported version on every discover probe) only when asked for.
+/// lines (opened, initialized, closed) and the protocol errors it answers clients with (e.g.
+/// the unsupported version a discover probe on /sse is told) only when asked for.
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn,rmcp::service=error";
 
 /// The config file looked for in the current folder when `--config` is not given.

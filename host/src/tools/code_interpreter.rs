@@ -1,5 +1,5 @@
-//! `code_interpreter`: runs Python in a fresh sandbox on a workspace (named, or the session's), reporting
-//! progress while it runs, stopping when the client cancels.
+//! `code_interpreter`: runs Python in a fresh sandbox on a workspace (named, or the session's),
+//! reporting progress while it runs, stopping when the client cancels.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,12 +89,13 @@ impl Tool for CodeInterpreter {
         let args: Args = parse(args)?;
         let sandbox = ctx.services.sandbox().await?;
         let limits = sandbox.limits().narrowed(args.timeout_s.map(Duration::from_secs_f64));
-        let workspace = ctx.workspace()?.files();
+        let space = ctx.workspace()?;
+        let workspace = space.files();
         let run = sandbox.run(Call {
             roots: ctx.services.roots.clone(),
             cancel: ctx.cancel.clone(),
             share: ctx.session.principal().to_string(),
-            host_tools: CodeMode::for_run(ctx.services, ctx.session, ctx.workspace()?, &ctx.cancel)
+            host_tools: CodeMode::for_run(ctx.services, ctx.session, space, &ctx.cancel)
                 .map(|door| door as Arc<dyn HostTools>),
             ..Call::new(args.code, workspace, limits)
         });
