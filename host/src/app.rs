@@ -48,13 +48,20 @@ impl App {
             ttl: settings.workspace_ttl,
             max_per_principal: settings.max_workspaces_per_principal,
             lock_timeout: settings.workspace_lock_timeout,
+            python_state: settings.python_state,
         };
         let workspaces = Workspaces::new(store)
             .with_context(|| format!("cannot use {} for workspaces", settings.workspaces_dir.display()))?;
         let sessions = Sessions::new(Arc::new(workspaces));
         let roots = settings.roots.iter().map(open_root).collect::<Result<Vec<_>>>()?;
         let root_names = roots.iter().map(|r| r.name.clone()).collect();
-        let catalog = Catalog::load(&settings.tools_dir, limits, root_names, settings.code_mode_tools.clone());
+        let catalog = Catalog::load(
+            &settings.tools_dir,
+            limits,
+            root_names,
+            settings.code_mode_tools.clone(),
+            settings.python_state.is_some(),
+        );
         let services = Services {
             sandbox: Default::default(),
             roots: roots

@@ -232,6 +232,15 @@ pub struct ServerArgs {
     pub max_sessions_per_principal: Option<usize>,
 }
 
+/// `on` or `off` (also true/false, yes/no, 1/0).
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{text:?} is neither on nor off")),
+    }
+}
+
 /// What the MCP service offers, shared by `serve` and `stdio`.
 #[derive(Debug, Args, Default, Clone)]
 #[command(next_help_heading = "Service")]
@@ -256,6 +265,17 @@ pub struct AppArgs {
     /// it, before it is refused as busy. Default 60.
     #[arg(long, env = "TOOLHOST_WORKSPACE_LOCK_TIMEOUT", value_name = "SECONDS")]
     pub workspace_lock_timeout: Option<f64>,
+
+    /// Keep Python state (variables, imports, objects) per workspace between code_interpreter
+    /// calls: `on` or `off`. Each call still runs in a fresh instance; the state is restored
+    /// into it. `off` makes every call start clean. Default on.
+    #[arg(long, env = "TOOLHOST_PYTHON_STATE", value_name = "on|off", value_parser = parse_on_off)]
+    pub python_state: Option<bool>,
+
+    /// The most one workspace's saved Python state may take on disk, in MiB (compressed); a
+    /// call whose state would take more keeps the state it started from. Default 256.
+    #[arg(long, env = "TOOLHOST_STATE_MB", value_name = "MIB")]
+    pub state_mb: Option<u64>,
 
     /// Send images (plots the code made, image files read) as image content to every client.
     /// Without it, only clients that connect with `?images=inline` get them: some clients (the

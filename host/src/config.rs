@@ -120,6 +120,12 @@ pub struct WorkspacesFile {
     /// Seconds a call that writes a workspace waits while another call writes it, before it is
     /// refused. Flag `--workspace-lock-timeout`. Default 60.
     pub lock_timeout_s: Option<f64>,
+    /// Keep Python state (variables, imports, objects) per workspace between calls, restored
+    /// into each fresh instance. Flag `--python-state on|off`. Default true.
+    pub python_state: Option<bool>,
+    /// The most one workspace's saved Python state may take on disk, in MiB. Flag
+    /// `--state-mb`. Default 256.
+    pub state_mb: Option<u64>,
 }
 
 /// Read-only folders offered as resources.
@@ -248,6 +254,8 @@ pub struct AppSettings {
     pub workspace_ttl: Duration,
     pub max_workspaces_per_principal: usize,
     pub workspace_lock_timeout: Duration,
+    /// The most one workspace's Python state may take on disk; `None`: calls keep no state.
+    pub python_state: Option<u64>,
     pub inline_images: bool,
     pub roots: Vec<RootSetting>,
     /// The organisation's tools, one folder each.
@@ -435,6 +443,10 @@ fn merge_app(flags: &AppArgs, file: &FileConfig, cache_dir: &Path) -> Result<App
             flags.max_workspaces_per_principal.or(file.workspaces.max_per_principal).unwrap_or(10_000),
         )?,
         workspace_lock_timeout: seconds("workspace lock timeout", lock_timeout, 0.0)?,
+        python_state: match flags.python_state.or(file.workspaces.python_state).unwrap_or(true) {
+            true => Some(positive("state MiB", flags.state_mb.or(file.workspaces.state_mb).unwrap_or(256))? << 20),
+            false => None,
+        },
         inline_images: flags.inline_images || file.tools.inline_images.unwrap_or(false),
         roots,
         tools_dir: flags.tools_dir.clone().or_else(|| file.tools.dir.clone()).unwrap_or_else(|| PathBuf::from("tools")),

@@ -12,10 +12,12 @@ mod guest;
 mod limits;
 mod outcome;
 mod output;
+mod pagemap;
 mod prefault;
 mod prepare;
 pub mod readiness;
 mod snapshot;
+mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +35,7 @@ pub use guest::is_dotted_name as is_python_module_name;
 pub use limits::Limits;
 pub use outcome::{ErrorInfo, FileInfo, Outcome, Status};
 pub use readiness::{NotReady, Readiness};
+pub use state::{PythonState, StateReport};
 
 use crate::progress::Progress;
 use crate::runtime::{Cache, InstalledRuntime};
@@ -104,6 +107,9 @@ pub struct Call<'a> {
     pub nested: bool,
     /// Whom the call runs for (a principal): waiting calls are served fairly among shares.
     pub share: String,
+    /// The workspace's Python state, restored before the code and saved after; `None`: the
+    /// call starts from the clean snapshot and leaves nothing behind.
+    pub state: Option<PythonState>,
 }
 
 impl<'a> Call<'a> {
@@ -121,6 +127,7 @@ impl<'a> Call<'a> {
             host_tools: None,
             nested: false,
             share: String::new(),
+            state: None,
         }
     }
 }
@@ -183,6 +190,8 @@ struct Inner {
     admission: admission::Admission,
     calls: AtomicU64,
     executor: Executor,
+    /// The Python states calls here saved last, kept in memory for the next call.
+    recent_states: Arc<state::Recent>,
 }
 
 /// The sandbox's own tokio runtime, whose worker threads run guests.
@@ -236,6 +245,7 @@ impl Sandbox {
                 config,
                 calls: AtomicU64::new(0),
                 executor: Executor(Some(executor)),
+                recent_states: Arc::default(),
             }),
         })
     }
@@ -288,6 +298,16 @@ impl Sandbox {
         let stdout = output::Capture::new(limits.output_bytes);
         let stderr = output::Capture::new(limits.output_bytes);
         let memory_denied = Arc::new(AtomicBool::new(false));
+        let state_report = Arc::new(std::sync::Mutex::new(StateReport::default()));
+        let keeper = match (call.state, &prepared.baseline) {
+            (Some(request), Some(baseline)) => Some(state::Keeper::new(
+                request,
+                baseline.clone(),
+                state_report.clone(),
+                inner.recent_states.clone(),
+            )),
+            _ => None,
+        };
         let started = Instant::now();
         let deadline = started + limits.timeout;
         let guest_run = call::GuestRun {
@@ -308,6 +328,7 @@ impl Sandbox {
             memory_denied: memory_denied.clone(),
             learn: false,
             host_tools: call.host_tools,
+            state: keeper,
         };
         let executor = inner.executor.0.as_ref().context("the sandbox is shutting down")?.handle();
         let handle = spawn_guest(executor, prepared, inner.engine.engine.clone(), guest_run);
@@ -335,7 +356,12 @@ impl Sandbox {
                 &limits,
             ),
         };
-        Ok(finished.into_outcome(workspace, &before))
+        let mut outcome = finished.into_outcome(workspace, &before);
+        outcome.state = std::mem::take(&mut *state_report.lock().unwrap_or_else(|p| p.into_inner()));
+        if !outcome.state.saved && outcome.state.note.is_none() && outcome.state.bytes > 0 {
+            outcome.state.note = Some(rolled_back(&outcome));
+        }
+        Ok(outcome)
     }
 
     fn next_call_id(&self) -> String {
@@ -343,6 +369,21 @@ impl Sandbox {
         let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         format!("call-{millis:x}-{n}")
     }
+}
+
+/// Why a call's state was not saved, when it ended before its code was done.
+fn rolled_back(outcome: &Outcome) -> String {
+    let ended = match outcome.status {
+        Status::Ok | Status::Error => match &outcome.error {
+            Some(error) if error.kind == "SystemExit" => "called sys.exit()",
+            Some(error) if error.kind == "Cancelled" => "was cancelled",
+            _ => "trapped",
+        },
+        Status::Timeout => "timed out",
+        Status::OutOfFuel => "ran out of fuel",
+        Status::OutOfMemory => "ran out of memory",
+    };
+    format!("this call {ended}, so its Python state was not saved: the workspace keeps the state it had before this call")
 }
 
 /// Which quotas refused a write during a call, as the result says it.

@@ -171,6 +171,7 @@ mod tests {
             ttl: Duration::from_secs(3600),
             max_per_principal: 10,
             lock_timeout: Duration::from_secs(1),
+            python_state: None,
         };
         Sessions::new(Arc::new(Workspaces::new(settings).expect("store")))
     }

@@ -294,13 +294,13 @@ impl Registry {
     /// The built-in tools, described with the configured limits, with the default code-mode
     /// tools.
     pub fn builtin(limits: &Limits) -> Registry {
-        Registry::build(limits, Vec::new(), None)
+        Registry::build(limits, Vec::new(), None, true)
     }
 
     /// The built-in tools and the organisation's (`org`; one whose name is taken is skipped
     /// with a warning). Guest code may call `code_mode` tools, or, when that is `None`, the
     /// built-ins that only touch the workspace and the org tools that say they are safe.
-    pub fn build(limits: &Limits, org: Vec<Arc<dyn Tool>>, code_mode: Option<&[String]>) -> Registry {
+    pub fn build(limits: &Limits, org: Vec<Arc<dyn Tool>>, code_mode: Option<&[String]>, python_state: bool) -> Registry {
         let mut registry = Registry::default();
         let builtin: Vec<Arc<dyn Tool>> = vec![
             Arc::new(calculate_sum::CalculateSum::new()),
@@ -341,7 +341,7 @@ impl Registry {
                 by_default
             }
         };
-        let interpreter = CodeInterpreter::new(limits, &registry.callable_from_code);
+        let interpreter = CodeInterpreter::new(limits, &registry.callable_from_code, python_state);
         registry.add(Arc::new(interpreter)).expect("the code interpreter's schema compiles");
         registry
     }

@@ -9,6 +9,7 @@
 //! <root>/ws_…/used           its modification time is the last use (`Space::touch`)
 //! <root>/ws_…/lock           held by a call that writes (workspaces/lock.rs)
 //! <root>/ws_…/files/         what the guest sees as /workspace
+//! <root>/ws_…/state/         its Python state (sandbox/state.rs)
 //! <root>/.principals/<h>/ws_…  one empty file per workspace of a principal (the cap counts them)
 //! <root>/.expired/ws_…       a removed workspace's tombstone, so its handle says "expired"
 //! ```
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::principal::Principal;
+use crate::sandbox::PythonState;
 use crate::workspace::{Ledger, Quota, Workspace, WorkspaceError};
 
 /// A handle's prefix; the rest is base32 (lowercase, no padding) of `HANDLE_BYTES` random bytes.
@@ -48,6 +50,8 @@ pub struct Settings {
     pub max_per_principal: usize,
     /// How long a writing call waits for another to finish with its workspace.
     pub lock_timeout: Duration,
+    /// The most each workspace's Python state may take on disk; `None`: calls keep no state.
+    pub python_state: Option<u64>,
 }
 
 /// Why a handle cannot be used. Each says what happened and what to do.
@@ -104,6 +108,8 @@ pub struct Space {
     home: Option<PathBuf>,
     gate: Arc<tokio::sync::Mutex<()>>,
     lock_timeout: Duration,
+    /// The budget of its Python state; `None`: it keeps none.
+    python_state: Option<u64>,
     shared: Option<Arc<Shared>>,
 }
 
@@ -203,6 +209,7 @@ impl Workspaces {
             home: Some(home),
             gate: Arc::default(),
             lock_timeout: shared.settings.lock_timeout,
+            python_state: shared.settings.python_state,
             shared: Some(shared.clone()),
         });
         open.retain(|_, weak| weak.strong_count() > 0);
@@ -221,6 +228,7 @@ impl Workspaces {
             home: None,
             gate: Arc::default(),
             lock_timeout: self.shared.settings.lock_timeout,
+            python_state: None,
             shared: None,
         }))
     }
@@ -256,6 +264,13 @@ impl Space {
     /// Its files.
     pub fn files(&self) -> &Workspace {
         &self.files
+    }
+
+    /// Its Python state, for a call that may start `fresh`; `None` when it keeps none (state is
+    /// off, or the folder was chosen by the user and has nowhere out of the guest's reach).
+    pub fn python_state(&self, fresh: bool) -> Option<PythonState> {
+        let (home, budget_bytes) = (self.home.as_ref()?, self.python_state?);
+        Some(PythonState { dir: home.join("state"), budget_bytes, fresh })
     }
 
     /// Waits (up to the lock timeout) until no other call, in this process or another, writes

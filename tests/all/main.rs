@@ -15,6 +15,7 @@ mod mcp_http;
 mod org_tools;
 mod packages;
 mod python_clients;
+mod python_state;
 mod quotas;
 mod runtimes;
 mod support;

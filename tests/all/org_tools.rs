@@ -135,7 +135,7 @@ fn a_tool_named_like_a_built_in_is_skipped() {
         .iter()
         .map(|n| std::sync::Arc::new(OrgTool::load(&dir.path().join(n), &Limits::default()).expect("loads")) as _)
         .collect();
-    let registry = Registry::build(&Limits::default(), org, None);
+    let registry = Registry::build(&Limits::default(), org, None, true);
     assert_ne!(registry.get("read_file").expect("read_file").title, "Impostor");
     assert_ne!(registry.get("code_interpreter").expect("interpreter").title, "code_interpreter");
     assert!(!registry.callable_from_code().contains(&"code_interpreter".to_string()));

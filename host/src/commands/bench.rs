@@ -4,6 +4,7 @@
 //! scaling (calls/s over the same workload's at concurrency 1) and, over HTTP, the share of the
 //! in-process throughput at the same concurrency.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,21 +20,45 @@ use crate::app::App;
 use crate::cli::{BenchArgs, BenchMode};
 use crate::config::Settings;
 use crate::progress::Progress;
-use crate::sandbox::{Call, Sandbox};
+use crate::sandbox::{Call, PythonState, Sandbox};
 use crate::server::Server;
 use crate::workspace::{Quota, Workspace};
 
-/// The benchmark workloads, by name: print, pure Python, numpy, pandas, a matplotlib PNG.
-pub const WORKLOADS: &[(&str, &str)] = &[
-    ("print", "print(1+1)"),
-    ("sum-squares", "sum(i*i for i in range(10**6))"),
-    ("numpy-sum", "import numpy as np; print(np.arange(10**6).sum())"),
-    ("pandas-mean", "import pandas as pd; print(pd.DataFrame({'a': range(1000)}).a.mean())"),
-    (
-        "matplotlib-png",
-        "import matplotlib.pyplot as plt\nplt.plot(range(100), [i * i for i in range(100)])\n\
-         plt.savefig('/workspace/plot.png')\nplt.close('all')",
-    ),
+/// A benchmark workload: `code` is what each measured call runs. With a `setup`, each worker's
+/// workspace first runs it once, and every measured call starts from the Python state it left
+/// (in process; over HTTP the server keeps state as configured for every workload).
+pub struct Workload {
+    pub name: &'static str,
+    pub setup: Option<&'static str>,
+    pub code: &'static str,
+}
+
+/// The benchmark workloads: print, pure Python, numpy, pandas, a matplotlib PNG; then a call on a
+/// small Python state and one on a state holding a 32 MB DataFrame of random floats.
+pub const WORKLOADS: &[Workload] = &[
+    Workload { name: "print", setup: None, code: "print(1+1)" },
+    Workload { name: "sum-squares", setup: None, code: "sum(i*i for i in range(10**6))" },
+    Workload { name: "numpy-sum", setup: None, code: "import numpy as np; print(np.arange(10**6).sum())" },
+    Workload {
+        name: "pandas-mean",
+        setup: None,
+        code: "import pandas as pd; print(pd.DataFrame({'a': range(1000)}).a.mean())",
+    },
+    Workload {
+        name: "matplotlib-png",
+        setup: None,
+        code: "import matplotlib.pyplot as plt\nplt.plot(range(100), [i * i for i in range(100)])\n\
+               plt.savefig('/workspace/plot.png')\nplt.close('all')",
+    },
+    Workload { name: "state-small", setup: Some("x = 41\nnames = {'a': [1, 2, 3]}"), code: "print(x + 1)" },
+    Workload {
+        name: "state-df32",
+        setup: Some(
+            "import numpy as np, pandas as pd\n\
+             df = pd.DataFrame({'a': np.random.default_rng(0).random(4_000_000)})",
+        ),
+        code: "print(len(df))",
+    },
 ];
 
 /// Latency percentiles of a set of calls.
@@ -108,7 +133,8 @@ impl Row {
 
 /// What the calls go to: the sandbox in this process, or an MCP server over HTTP.
 enum Target {
-    InProcess { sandbox: Sandbox, runtime: String, workspaces: Vec<Workspace> },
+    /// Each worker has a workspace, and a folder for its Python state.
+    InProcess { sandbox: Sandbox, runtime: String, workspaces: Vec<(Workspace, PathBuf)> },
     Http { clients: Vec<RunningService<rmcp::RoleClient, ()>> },
 }
 
@@ -121,13 +147,17 @@ impl Target {
     }
 
     /// One call by worker `worker`; the inner `Err` says why the code did not run cleanly.
-    async fn call(&self, worker: usize, code: &str) -> Result<Result<(), String>> {
+    /// `stateful`: in process, the call restores and saves the worker's Python state.
+    async fn call(&self, worker: usize, code: &str, stateful: bool) -> Result<Result<(), String>> {
         match self {
             Target::InProcess { sandbox, runtime, workspaces } => {
+                let (workspace, state) = &workspaces[worker];
+                let state = stateful.then(|| PythonState { dir: state.clone(), budget_bytes: 1 << 30, fresh: false });
                 let outcome = sandbox
                     .run(Call {
                         runtime: Some(runtime),
-                        ..Call::new(code.to_string(), &workspaces[worker], sandbox.limits())
+                        state,
+                        ..Call::new(code.to_string(), workspace, sandbox.limits())
                     })
                     .await?;
                 Ok(if outcome.is_ok() {
@@ -168,7 +198,10 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
         let mut targets = Vec::new();
         if matches!(args.mode, BenchMode::InProcess | BenchMode::All) {
             let workspaces = (0..most)
-                .map(|i| Workspace::open(folders.path().join(format!("w{i}")), quota))
+                .map(|i| {
+                    let workspace = Workspace::open(folders.path().join(format!("w{i}")), quota)?;
+                    Ok((workspace, folders.path().join(format!("state-w{i}"))))
+                })
                 .collect::<std::io::Result<Vec<_>>>()?;
             targets.push(Arc::new(Target::InProcess {
                 sandbox: sandbox.clone(),
@@ -189,12 +222,12 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
         }
         let mut rows = Vec::new();
         for target in &targets {
-            for (name, code) in WORKLOADS {
-                if args.only.as_deref().is_some_and(|only| !name.contains(only)) {
+            for workload in WORKLOADS {
+                if args.only.as_deref().is_some_and(|only| !workload.name.contains(only)) {
                     continue;
                 }
                 for &concurrency in &levels {
-                    let mut row = measure(target.clone(), name, code, concurrency, args.iterations, budget).await?;
+                    let mut row = measure(target.clone(), workload, concurrency, args.iterations, budget).await?;
                     row.compare(&rows);
                     if !args.json {
                         print_row(&row, rows.is_empty());
@@ -246,15 +279,14 @@ pub(super) async fn local_server(
 
 async fn measure(
     target: Arc<Target>,
-    name: &str,
-    code: &str,
+    workload: &Workload,
     concurrency: usize,
     iterations: usize,
     budget: Duration,
 ) -> Result<Row> {
     let mut row = Row {
         mode: target.mode(),
-        workload: name.to_string(),
+        workload: workload.name.to_string(),
         concurrency,
         latency: None,
         peak_rss_mb: None,
@@ -262,10 +294,17 @@ async fn measure(
         of_in_process: None,
         skipped: None,
     };
-    // One warm-up call, which also tells whether the runtime can run this workload.
-    if let Err(why) = target.call(0, code).await? {
-        row.skipped = Some(why);
-        return Ok(row);
+    // Each worker's setup, and one warm-up call, which also tells whether the runtime can run
+    // this workload.
+    let stateful = workload.setup.is_some();
+    for worker in 0..concurrency {
+        let setup = workload.setup.map(|setup| (worker, setup));
+        for (worker, code) in setup.into_iter().chain((worker == 0).then_some((0, workload.code))) {
+            if let Err(why) = target.call(worker, code, stateful).await? {
+                row.skipped = Some(why);
+                return Ok(row);
+            }
+        }
     }
     reset_peak_rss();
     let started = Instant::now();
@@ -273,12 +312,12 @@ async fn measure(
     let mut workers = Vec::new();
     for worker in 0..concurrency {
         let target = target.clone();
-        let code = code.to_string();
+        let code = workload.code.to_string();
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             while samples.len() < per_worker && started.elapsed() < budget {
                 let began = Instant::now();
-                target.call(worker, &code).await?.map_err(|e| anyhow::anyhow!(e))?;
+                target.call(worker, &code, stateful).await?.map_err(|e| anyhow::anyhow!(e))?;
                 samples.push(began.elapsed());
             }
             anyhow::Ok(samples)

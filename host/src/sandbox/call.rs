@@ -19,6 +19,7 @@ use super::guest;
 use super::outcome::{Ending, Ran};
 use super::output::Capture;
 use super::prefault::WriteSet;
+use super::state::{Baseline, Keeper, Restore};
 use super::{Limits, ReadOnlyRoot};
 use crate::runtime::{AbiKind, FileRole, InstalledRuntime};
 use crate::workspace::Ledger;
@@ -126,6 +127,8 @@ pub(super) struct Prepared {
     pub write_set: Option<Arc<WriteSet>>,
     /// The pool slots (by memory address) already populated; a hint, never a guarantee.
     populated: Arc<std::sync::Mutex<std::collections::HashSet<usize>>>,
+    /// What Python states are relative to; `None`: this runtime keeps no state.
+    pub baseline: Option<Arc<Baseline>>,
 }
 
 impl Prepared {
@@ -146,6 +149,7 @@ impl Prepared {
             prelude: guest::Prelude::Source,
             write_set: None,
             populated: Arc::default(),
+            baseline: None,
         })
     }
 }
@@ -182,6 +186,8 @@ pub(super) struct GuestRun {
     /// Learn which pages of memory the run wrote (see `prefault`).
     pub learn: bool,
     pub host_tools: Option<Arc<dyn HostTools>>,
+    /// The workspace's Python state, restored before the code and saved after it.
+    pub state: Option<Keeper>,
 }
 
 impl GuestRun {
@@ -214,6 +220,7 @@ impl GuestRun {
             memory_denied: Arc::new(AtomicBool::new(false)),
             learn,
             host_tools: None,
+            state: None,
         };
         Ok((run, [workspace, scratch]))
     }
@@ -299,7 +306,7 @@ pub(super) fn store(
 
 /// Runs the guest once. Returns how it ended and the spent store, which the caller drops once
 /// the result is on its way (resetting the memory takes a millisecond or two).
-pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> Result<(Ran, Store<CallState>)> {
+pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun) -> Result<(Ran, Store<CallState>)> {
     let env = environment(&prepared.env, &run.call_id);
     let argv = ["-c".to_string()];
     let setup = match prepared.kind {
@@ -312,10 +319,28 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
             vec![prepared.argv0.as_str(), "-c", guest::COMMAND_RUNNER, guest::PRELUDE, setup.as_str(), code.as_str()]
         }
     };
-    let mut store = store(engine, &prepared.layout, &args, &env, &run)?;
-    let instance = match prepared.pre.instantiate_async(&mut store).await {
-        Ok(instance) => instance,
-        Err(e) => return Ok((Ran { ending: ending_of(e)?, fuel_used: None, written: None }, store)),
+    let mut keeper = run.state.take();
+    let (mut store, instance) = loop {
+        let mut store = store(engine, &prepared.layout, &args, &env, &run)?;
+        let instance = match prepared.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => return Ok((Ran { ending: ending_of(e)?, fuel_used: None, written: None }, store)),
+        };
+        let (Some(state), Some(memory)) = (keeper.as_mut(), instance.get_memory(&mut store, "memory")) else {
+            break (store, instance);
+        };
+        match state.restore(&mut store, memory, run.limits.memory_bytes) {
+            Restore::Restored => {
+                // wasi-libc's table of preopened folders is in the restored memory: it is read
+                // afresh from this call's WASI context, as in a fresh instance.
+                let reset = instance.get_typed_func::<(), ()>(&mut store, "toolhost.reset_preopens")?;
+                reset.call_async(&mut store, ()).await.map_err(|e| anyhow::anyhow!("cannot reset the preopens of a restored state: {e:#}"))?;
+                break (store, instance);
+            }
+            Restore::Fresh => break (store, instance),
+            // Part of a damaged state is in this instance: start over in a new one.
+            Restore::Spoiled => keeper = None,
+        }
     };
     let memory = instance.get_memory(&mut store, "memory");
     if let (Some(set), Some(memory)) = (&prepared.write_set, memory) {
@@ -327,7 +352,7 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
     }
     store.set_fuel(run.limits.fuel)?;
 
-    let driven = match prepared.kind {
+    let (driven, at_rest) = match prepared.kind {
         AbiKind::Reactor => {
             let (setup, code) = match &run.script {
                 Script::User(code) => (Some(guest::setup_turn(&prepared.prelude, &env, &argv)), code),
@@ -335,17 +360,72 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, run: GuestRun) -> 
             };
             drive_reactor(&mut store, instance, setup.as_deref(), code).await?
         }
-        AbiKind::Command => drive_command(&mut store, instance).await?,
+        AbiKind::Command => (drive_command(&mut store, instance).await?, false),
     };
     let fuel_used = match driven {
         Ending::Timeout | Ending::Cancelled => None,
         _ => store.get_fuel().ok().map(|left| run.limits.fuel.saturating_sub(left)),
     };
+    if let (Some(state), Some(memory)) = (keeper, memory) {
+        keep_state(state, &mut store, instance, memory, &driven, at_rest, &run).await?;
+    }
     let written = match memory {
         Some(memory) if run.learn => WriteSet::learn(memory.data_ptr(&store), memory.data_size(&store)).ok(),
         _ => None,
     };
     Ok((Ran { ending: driven, fuel_used, written }, store))
+}
+
+/// Instantiates the runtime without running any of it and hands `look` its memory: the image
+/// every instance starts from. The pages looking mapped in are dropped again.
+pub(super) async fn with_pristine_memory<R>(
+    prepared: &Prepared,
+    engine: &Engine,
+    look: impl FnOnce(&[u8]) -> R,
+) -> Result<R> {
+    let limits = Limits::default();
+    let (run, _folders) =
+        GuestRun::offline(Script::Bare(String::new()), "baseline", limits, Instant::now() + limits.timeout, false)?;
+    let mut store = store(engine, &prepared.layout, &[prepared.argv0.as_str()], &[], &run)?;
+    let instance = prepared.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+    let memory = instance.get_memory(&mut store, "memory").context("the runtime exports no memory")?;
+    let seen = look(memory.data(&store));
+    super::pagemap::release(memory.data_mut(&mut store));
+    Ok(seen)
+}
+
+/// After the code: saves the state if the call ended at rest with `ok` or a Python exception,
+/// after closing the files it left open (their descriptors mean nothing in the next call).
+/// Otherwise the saved state stays as it was.
+async fn keep_state(
+    state: Keeper,
+    store: &mut Store<CallState>,
+    instance: Instance,
+    memory: Memory,
+    ending: &Ending,
+    at_rest: bool,
+    run: &GuestRun,
+) -> Result<()> {
+    let status = super::outcome::classify(
+        ending,
+        &String::from_utf8_lossy(&run.stderr.tail(4096)),
+        run.memory_denied.load(Ordering::Relaxed),
+        &run.limits,
+    )
+    .0;
+    if !at_rest || !matches!(status, super::Status::Ok | super::Status::Error) {
+        return Ok(());
+    }
+    let open = store.data().wasi.opened_descriptors();
+    if !open.is_empty() {
+        let reactor = Reactor::new(store, instance)?;
+        if let Err(e) = reactor.turn(store, &guest::close_files_turn(&open)).await {
+            tracing::debug!("closing the files a call left open failed ({e:#}); its state is not saved");
+            return Ok(());
+        }
+    }
+    state.save(store, memory);
+    Ok(())
 }
 
 /// The reactor's exports a turn needs.
@@ -377,38 +457,41 @@ impl Reactor {
 }
 
 /// A reactor: the setup turn (with the prelude), the code's turn, then the closing turn
-/// (when there was a setup).
+/// (when there was a setup). Also says whether the interpreter is at rest after it: every turn
+/// returned and it is not ending.
 async fn drive_reactor(
     store: &mut Store<CallState>,
     instance: Instance,
     setup: Option<&str>,
     code: &str,
-) -> Result<Ending> {
+) -> Result<(Ending, bool)> {
     let reactor = Reactor::new(store, instance)?;
     if let Ok(initialize) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")
         && let Err(e) = initialize.call_async(&mut *store, ()).await
     {
-        return ending_of(e);
+        return Ok((ending_of(e)?, false));
     }
     if let Some(setup) = setup {
         match reactor.turn(store, setup).await {
             Ok(0) => {}
             Ok(status) => bail!("the guest prelude failed (status {status}); see the call's stderr"),
-            Err(e) => return ending_of(e),
+            Err(e) => return Ok((ending_of(e)?, false)),
         }
     }
     let status = match reactor.turn(store, code).await {
         Ok(status) => status,
-        Err(e) => return ending_of(e),
+        Err(e) => return Ok((ending_of(e)?, false)),
     };
     // 256 and above: the code called sys.exit(); the interpreter is ending, so no closing turn.
+    if status >= 256 {
+        return Ok((Ending::Exited(status & 0xff), false));
+    }
     if setup.is_some()
-        && status < 256
         && let Err(e) = reactor.turn(store, guest::CLOSING_TURN).await
     {
-        return ending_of(e);
+        return Ok((ending_of(e)?, false));
     }
-    Ok(Ending::Exited(status & 0xff))
+    Ok((Ending::Exited(status), true))
 }
 
 /// A command: `_start` runs the runner, which runs the prelude and the code.

@@ -35,6 +35,8 @@ pub enum Prelude {
 const SETUP: &str = include_str!("../../../guest-runtimes/python/setup.py");
 /// Imports and warms the preload before a snapshot.
 const PRELOAD: &str = include_str!("../../../guest-runtimes/python/preload.py");
+/// Closes the files a call left open, before its state is saved.
+const CLOSE_FILES: &str = include_str!("../../../guest-runtimes/python/close_files.py");
 /// Prints the prelude's code object, marshalled, as hex.
 const COMPILE_PRELUDE: &str = include_str!("../../../guest-runtimes/python/compile_prelude.py");
 
@@ -47,6 +49,11 @@ fn turn(script: &str, function: &str, params: &serde_json::Value) -> String {
 /// A turn that prints the prelude's code object, marshalled, as hex.
 pub fn compile_prelude_turn() -> String {
     turn(COMPILE_PRELUDE, "__toolhost_compile_prelude", &serde_json::json!({ "source": PRELUDE }))
+}
+
+/// A turn that closes the Python objects holding the descriptors `fds`, then the descriptors.
+pub fn close_files_turn(fds: &[u32]) -> String {
+    turn(CLOSE_FILES, "__toolhost_close_files", &serde_json::json!(fds))
 }
 
 /// The first turn of a reactor call: installs the prelude unless the instance already has it

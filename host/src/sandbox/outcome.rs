@@ -59,6 +59,9 @@ pub struct Outcome {
     pub duration_ms: f64,
     pub fuel_used: Option<u64>,
     pub files: Vec<FileInfo>,
+    /// What the call did with its workspace's Python state.
+    #[serde(default)]
+    pub state: super::StateReport,
 }
 
 impl Outcome {
@@ -236,6 +239,7 @@ impl Finished<'_> {
             duration_ms: (self.duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
             fuel_used: self.ran.fuel_used,
             files,
+            state: super::StateReport::default(),
         }
     }
 

@@ -49,6 +49,12 @@ impl Capture {
         buffer.dropped += (bytes.len() - kept) as u64;
     }
 
+    /// The last `n` bytes so far, copied.
+    pub fn tail(&self, n: usize) -> Vec<u8> {
+        let buffer = self.lock();
+        buffer.data[buffer.data.len().saturating_sub(n)..].to_vec()
+    }
+
     /// The bytes so far, leaving the buffer empty.
     pub fn take(&self) -> Captured {
         let mut buffer = self.lock();

@@ -1,8 +1,8 @@
 //! Pre-faulting a fresh instance's memory. Every call of a snapshot writes to the same few
 //! hundred pages of its copy-on-write image (CPython touches reference counts, the allocator,
 //! the interpreter state); taking each as a page fault costs a trap per page. The pages are
-//! learned once from a typical call (`/proc/self/pagemap`: present and no longer backed by the
-//! file means written), merged into a few runs, and populated writable with one
+//! learned once from a typical call (`pagemap`: present and no longer backed by the file means
+//! written), merged into a few runs, and populated writable with one
 //! `madvise(MADV_POPULATE_WRITE)` per run the first time a pool slot hosts the runtime.
 //!
 //! After that, the engine keeps them: with `pagemap_scan`, a slot's written pages (up to the
@@ -10,11 +10,8 @@
 //! call then finds its pages already there.
 //! Linux only; elsewhere it does nothing.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use super::pagemap::{self, PAGE};
 
-/// The page size the ranges are counted in.
-const PAGE: usize = 4096;
 /// Unwritten pages tolerated inside one range: copying a few extra pages is cheaper than
 /// another system call.
 const GAP: usize = 8;
@@ -40,26 +37,9 @@ impl WriteSet {
     /// The pages of `memory` (this process's memory, `len` bytes at `base`) that were written
     /// since they were mapped from the image: present, and private rather than file-backed.
     pub fn learn(base: *const u8, len: usize) -> std::io::Result<WriteSet> {
-        let first_page = base as usize / PAGE;
-        let pages = len / PAGE;
-        let mut pagemap = File::open("/proc/self/pagemap")?;
-        pagemap.seek(SeekFrom::Start((first_page * 8) as u64))?;
-        let mut entries = vec![0u8; pages * 8];
-        pagemap.read_exact(&mut entries)?;
-        let written = entries.chunks_exact(8).map(|entry| {
-            let bits = u64::from_le_bytes(entry.try_into().unwrap_or_default());
-            let present = bits & (1 << 63) != 0;
-            let file_or_shared = bits & (1 << 61) != 0;
-            present && !file_or_shared
-        });
-        let mut ranges: Vec<(usize, usize)> = Vec::new();
-        for (page, _) in written.enumerate().filter(|(_, w)| *w) {
-            let start = page * PAGE;
-            match ranges.last_mut() {
-                Some((begin, length)) if start <= *begin + *length + GAP * PAGE => *length = start + PAGE - *begin,
-                _ => ranges.push((start, PAGE)),
-            }
-        }
+        let entries = pagemap::entries(base, len)?;
+        let written = entries.iter().enumerate().filter(|(_, e)| e.present() && !e.file_or_shared()).map(|(page, _)| page);
+        let mut ranges = WriteSet::runs(written).ranges;
         // Merge across the smallest gaps until few enough runs remain.
         while ranges.len() > MAX_RUNS {
             let Some((i, _)) =
@@ -71,6 +51,19 @@ impl WriteSet {
             ranges[i].1 = next.0 + next.1 - ranges[i].0;
         }
         Ok(WriteSet { ranges })
+    }
+
+    /// The runs of `pages` (ascending page numbers), joined across small gaps.
+    pub fn runs(pages: impl Iterator<Item = usize>) -> WriteSet {
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        for page in pages {
+            let start = page * PAGE;
+            match ranges.last_mut() {
+                Some((begin, length)) if start <= *begin + *length + GAP * PAGE => *length = start + PAGE - *begin,
+                _ => ranges.push((start, PAGE)),
+            }
+        }
+        WriteSet { ranges }
     }
 
     /// Populates the learned pages of a fresh instance's memory, writable.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{SandboxConfig, call, engine, guest, outcome, output, prefault, snapshot, spawn_guest};
+use super::{SandboxConfig, call, engine, guest, outcome, output, prefault, snapshot, spawn_guest, state};
 use crate::progress::Progress;
 use crate::runtime::{Cache, FileRole, InstalledRuntime};
 use crate::sandbox::Limits;
@@ -69,6 +69,17 @@ pub(super) fn prepare(
                 )
             })?;
             ready.write_set = written.map(Arc::new);
+            ready.baseline = match baseline(executor, &engine.engine, &ready, &path, &sha256) {
+                Ok(Some(baseline)) => Some(Arc::new(baseline)),
+                Ok(None) => {
+                    tracing::warn!("{label} keeps state outside its memory; its calls keep no Python state");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("{label}: cannot read its memory image ({e:#}); its calls keep no Python state");
+                    None
+                }
+            };
         }
         _ => {}
     }
@@ -113,6 +124,25 @@ fn compile_prelude(
         anyhow::bail!("{:?}: {stderr}", ran.ending);
     }
     Ok(hex)
+}
+
+/// What Python states of this snapshot are relative to: its memory image, and the resting
+/// shadow-stack pointer (`None` when the snapshot has other mutable globals).
+fn baseline(
+    executor: &tokio::runtime::Handle,
+    engine: &wasmtime::Engine,
+    prepared: &call::Prepared,
+    wasm: &std::path::Path,
+    id: &str,
+) -> Result<Option<state::Baseline>> {
+    let Some(stack_top) = snapshot::resting_stack_pointer(wasm)? else { return Ok(None) };
+    let (prepared, engine, id) = (prepared.clone(), engine.clone(), id.to_string());
+    let (done, wait) = std::sync::mpsc::channel();
+    executor.spawn(async move {
+        let seen = call::with_pristine_memory(&prepared, &engine, |memory| state::Baseline::new(id, memory, stack_top));
+        let _ = done.send(seen.await);
+    });
+    Ok(Some(wait.recv().context("the baseline run stopped")??))
 }
 
 /// Checks that a freshly loaded snapshot runs code as a call would, and learns the pages such

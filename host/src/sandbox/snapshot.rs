@@ -233,6 +233,41 @@ async fn preinitialize(
     Ok(snapshot)
 }
 
+/// The resting value of the snapshot's shadow-stack pointer, when that is its only mutable
+/// global (so that memory is all of an instance's state between turns); `None` otherwise. Reads
+/// only the file's head: the global section comes long before the code.
+pub(super) fn resting_stack_pointer(wasm: &Path) -> Result<Option<u32>> {
+    use std::io::Read;
+    use wasmparser::{Operator, Parser, Payload};
+    let mut head = Vec::new();
+    std::fs::File::open(wasm)?.take(16 << 20).read_to_end(&mut head)?;
+    for payload in Parser::new(0).parse_all(&head) {
+        match payload? {
+            Payload::GlobalSection(reader) => {
+                let mut mutable = Vec::new();
+                for global in reader {
+                    let global = global?;
+                    if global.ty.mutable {
+                        let init: Vec<Operator<'_>> =
+                            global.init_expr.get_operators_reader().into_iter().collect::<Result<_, _>>()?;
+                        mutable.push(match init.as_slice() {
+                            [Operator::I32Const { value }, Operator::End] => Some(*value as u32),
+                            _ => None,
+                        });
+                    }
+                }
+                return Ok(match mutable.as_slice() {
+                    [Some(stack_pointer)] => Some(*stack_pointer),
+                    _ => None,
+                });
+            }
+            Payload::CodeSectionStart { .. } => break,
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// wasi-libc's function that forgets the preopened folders, and the name we export it as.
 const RESET_PREOPENS: &str = "__wasilibc_reset_preopens";
 const RESET_PREOPENS_EXPORT: &str = "toolhost.reset_preopens";

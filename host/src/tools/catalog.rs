@@ -22,6 +22,8 @@ pub struct Catalog {
     root_names: Vec<String>,
     /// The tools code may call, as configured (`None`: the defaults).
     code_mode: Option<Vec<String>>,
+    /// Whether code_interpreter keeps Python state (its description says so).
+    python_state: bool,
     /// Problems already reported, so that a reload repeats none of them.
     said: Mutex<BTreeSet<String>>,
     /// Reloads the tools when their folder changes, while set.
@@ -30,7 +32,13 @@ pub struct Catalog {
 
 impl Catalog {
     /// The built-in tools and the org tools of `dir`, loaded now.
-    pub fn load(dir: &Path, limits: Limits, root_names: Vec<String>, code_mode: Option<Vec<String>>) -> Catalog {
+    pub fn load(
+        dir: &Path,
+        limits: Limits,
+        root_names: Vec<String>,
+        code_mode: Option<Vec<String>>,
+        python_state: bool,
+    ) -> Catalog {
         let catalog = Catalog {
             registry: RwLock::new(Arc::new(Registry::default())),
             generation: watch::Sender::new(0),
@@ -38,6 +46,7 @@ impl Catalog {
             limits,
             root_names,
             code_mode,
+            python_state,
             said: Mutex::new(BTreeSet::new()),
             watcher: Mutex::new(None),
         };
@@ -66,7 +75,7 @@ impl Catalog {
         let loaded = org::load_dir(&self.dir, &self.limits, &self.root_names);
         self.say_new_problems(&loaded);
         let org = loaded.tools.into_iter().map(|tool| Arc::new(tool) as Arc<dyn Tool>).collect();
-        let registry = Registry::build(&self.limits, org, self.code_mode.as_deref());
+        let registry = Registry::build(&self.limits, org, self.code_mode.as_deref(), self.python_state);
         let mut current = self.registry.write().unwrap_or_else(|p| p.into_inner());
         // Swapped even when the list looks the same: a tool's limits, roots or folder may differ.
         let changed = !current.definitions().eq(registry.definitions())

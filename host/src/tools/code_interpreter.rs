@@ -26,11 +26,13 @@ pub struct CodeInterpreter {
 struct Args {
     code: String,
     timeout_s: Option<f64>,
+    #[serde(default)]
+    fresh: bool,
 }
 
 impl CodeInterpreter {
     /// Described with the limits and the tools its code may call.
-    pub fn new(limits: &Limits, callable: &[String]) -> Self {
+    pub fn new(limits: &Limits, callable: &[String], python_state: bool) -> Self {
         let timeout = limits.timeout.as_secs_f64();
         let description = format!(
             "Run Python 3.15 code in a fresh, isolated sandbox and return its output.\n\n\
@@ -38,10 +40,9 @@ impl CodeInterpreter {
              lxml, openpyxl, xlsxwriter, xlrd, pypdf, reportlab, sympy, networkx, beautifulsoup4, \
              pyyaml, jinja2, tabulate and the standard library. No network, no pip install, no \
              subprocesses or threads.\n\n\
-             Each call starts a new interpreter: variables and imports do NOT persist between calls. \
-             Files do: /workspace is the workspace and the current directory, shared with list_files, \
-             read_file, write_file and delete_file. Save anything you want to keep there. The result's \
-             last line names the workspace (ws_...): pass it as `workspace` to keep working on the same \
+             {persistence} Files persist too: /workspace is the workspace and the current directory, \
+             shared with list_files, read_file, write_file and delete_file. The result's last line names \
+             the workspace (ws_...): pass it as `workspace` to keep working on the same variables and \
              files in later calls.\n\n\
              The value of a final expression is printed, like a notebook cell. matplotlib: plt.show() \
              saves each figure as /workspace/outputs/figure-N.png (figures left open are saved too). \
@@ -52,6 +53,14 @@ impl CodeInterpreter {
              and tail, and is saved whole under /workspace/.toolhost/).",
             memory = limits.memory_bytes >> 20,
             output = limits.result_output_bytes >> 10,
+            persistence = if python_state {
+                "Variables, imports and objects persist between calls on the same workspace, like \
+                 notebook cells run one after another (fresh=true starts a clean interpreter; a call \
+                 that times out or runs out of memory leaves them as they were before it). Open files \
+                 are closed at the end of each call."
+            } else {
+                "Each call starts a new interpreter: variables and imports do NOT persist between calls."
+            },
         ) + &code_mode_note(callable);
         let input_schema = object_schema(
             json!({
@@ -61,6 +70,11 @@ impl CodeInterpreter {
                     "exclusiveMinimum": 0,
                     "maximum": timeout,
                     "description": format!("Wall-clock limit in seconds (at most {timeout:.0}, the default)."),
+                },
+                "fresh": {
+                    "type": "boolean",
+                    "description": "Start from a clean interpreter instead of the workspace's saved variables; \
+                                    what this call leaves becomes the workspace's state.",
                 },
             }),
             &["code"],
@@ -97,6 +111,7 @@ impl Tool for CodeInterpreter {
             share: ctx.session.principal().to_string(),
             host_tools: CodeMode::for_run(ctx.services, ctx.session, space, &ctx.cancel)
                 .map(|door| door as Arc<dyn HostTools>),
+            state: space.python_state(args.fresh),
             ..Call::new(args.code, workspace, limits)
         });
         let outcome = match ctx.progress {
@@ -169,6 +184,11 @@ pub fn render(outcome: &Outcome) -> String {
         section(&mut text, heading);
         text.push_str(&format!("{}: {}\n", error.kind, error.message));
     }
+    if let Some(note) = &outcome.state.note {
+        section(&mut text, "python state");
+        text.push_str(note);
+        text.push('\n');
+    }
     if !outcome.files.is_empty() {
         section(&mut text, "files created or changed");
         for file in &outcome.files {
@@ -235,8 +255,19 @@ fn output_schema() -> Value {
                     "required": ["path", "size", "mime_type", "uri"],
                 },
             },
+            "state": {
+                "type": "object",
+                "description": "What the call did with the workspace's Python state.",
+                "properties": {
+                    "restored": {"type": "boolean", "description": "the call started from the saved state"},
+                    "saved": {"type": "boolean", "description": "the state after the call was saved for the next"},
+                    "bytes": {"type": "integer", "description": "what the saved state takes on disk"},
+                    "note": {"type": "string", "description": "why a saved state was dropped or not saved"},
+                },
+                "required": ["restored", "saved", "bytes"],
+            },
         },
-        "required": ["status", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "error", "duration_ms", "fuel_used", "files"],
+        "required": ["status", "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "error", "duration_ms", "fuel_used", "files", "state"],
     })
 }
 
@@ -262,6 +293,7 @@ mod tests {
                 mime_type: "image/png".into(),
                 uri: "file:///workspace/outputs/figure-1.png".into(),
             }],
+            state: Default::default(),
         }
     }
 

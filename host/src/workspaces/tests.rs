@@ -10,6 +10,7 @@ fn settings(root: &Path) -> Settings {
         ttl: Duration::from_secs(4 * 3600),
         max_per_principal: 3,
         lock_timeout: Duration::from_millis(300),
+        python_state: Some(1 << 20),
     }
 }
 

@@ -574,6 +574,26 @@ impl Transaction<'_> {
 }
 
 impl WasiP1Ctx {
+    /// toolhost: the descriptors the guest opened and has not closed (files, and folders it
+    /// opened itself), not stdio nor the preopened folders.
+    pub fn opened_descriptors(&self) -> Vec<u32> {
+        let Some(descriptors) = &self.adapter.descriptors else {
+            return Vec::new();
+        };
+        descriptors
+            .used
+            .iter()
+            .filter(|(_, descriptor)| match descriptor {
+                Descriptor::File(_) => true,
+                Descriptor::Directory { preopen_path, .. } => preopen_path.is_none(),
+                _ => false,
+            })
+            .map(|(fd, _)| *fd)
+            .collect()
+    }
+}
+
+impl WasiP1Ctx {
     /// Lazily initializes [`WasiP1Adapter`] returned by [`WasiPreview1View::adapter_mut`]
     /// and returns [`Transaction`] on success
     fn transact(&mut self) -> Result<Transaction<'_>, types::Error> {
