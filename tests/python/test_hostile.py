@@ -37,9 +37,10 @@ async def test_memory_a_large_call_took_is_given_back(tmp_path):
             await s.call_tool("code_interpreter", {"code": "print(1)"})
             baseline = rss_mb(log.pid)
             for _ in range(2):
+                # fresh: each call its own 600 MB, not one more beside the last one's (kept as state).
                 result = await s.call_tool(
                     "code_interpreter",
-                    {"code": "import numpy as np\na = np.ones(600 << 20, dtype=np.uint8)\nprint(a.size)"},
+                    {"code": "import numpy as np\na = np.ones(600 << 20, dtype=np.uint8)\nprint(a.size)", "fresh": True},
                 )
                 assert not result.is_error, result
                 assert result.structured_content["stdout"] == f"{600 << 20}\n"

@@ -375,6 +375,41 @@ async def test_sessionless_calls_are_balanced_and_share_workspaces(cluster, shar
     assert len(spread) == REPLICAS, f"the session-less calls were not balanced across the replicas: {spread}"
 
 
+async def test_python_state_follows_its_handle_across_replicas_one_call_at_a_time(cluster):
+    """Variables kept in a workspace are restored by whichever replica serves the next call; calls
+    on one workspace sent at once run one after another, each from the state the last one saved."""
+    count = "n = globals().get('n', 0) + 1\nprint(n)"
+    first, _ = await sessionless_call(cluster.url, "code_interpreter", {"code": count})
+    handle = assert_ok(first)
+    assert first.structured_content["state"]["saved"] is True
+    before = cluster.calls("code_interpreter")
+    async with client(cluster.url) as c:
+        for expected in range(2, 2 + 2 * REPLICAS):
+            ran = await c.call_tool("code_interpreter", {"code": count, "workspace": handle})
+            assert_ok(ran, handle)
+            assert ran.structured_content["stdout"] == f"{expected}\n", text_of(ran)
+            assert ran.structured_content["state"]["restored"] is True
+    spread = served(before, cluster.calls("code_interpreter"))
+    assert len(spread) == REPLICAS, f"the calls did not reach every replica: {spread}"
+
+    # Six at once, from six clients: none is lost, none sees another's half-made state.
+    async def one():
+        result, _ = await sessionless_call(cluster.url, "code_interpreter", {"code": count, "workspace": handle}, 5)
+        assert_ok(result, handle)
+        return int(result.structured_content["stdout"])
+
+    results = []
+
+    async def record():
+        results.append(await one())
+
+    async with anyio.create_task_group() as group:
+        for _ in range(6):
+            group.start_soon(record)
+    last = 1 + 2 * REPLICAS
+    assert sorted(results) == list(range(last + 1, last + 7)), results
+
+
 async def test_older_sessions_stick_to_their_replica_and_continue_a_workspace_by_handle(cluster, shared_file):
     from mistralai.extra.mcp.sse import MCPClientSSE, SSEServerParams
     from mistralai.extra.mcp.streamable_http import MCPClientStreamableHTTP, StreamableHTTPServerParams

@@ -200,9 +200,9 @@ impl Keeper {
         let mut manifest = Manifest::new(&self.baseline.id, data.len() as u64, next_layer);
         manifest.pages = pages;
         let layers = base.map(|m| m.layers.clone()).unwrap_or_default();
-        if base.is_some() && changed.is_empty() && base.is_some_and(|m| m.memory_bytes == data.len() as u64) {
-            let mut report = self.report();
-            report.saved = true;
+        if base.is_some_and(|m| changed.is_empty() && m.memory_bytes == data.len() as u64) {
+            // Nothing changed: the saved state is this one.
+            self.report().saved = true;
             return;
         }
         let mut written = Vec::new();
