@@ -231,7 +231,7 @@ impl Keeper {
                     report.saved = true;
                     report.bytes = manifest.bytes();
                     let pages = manifest.pages.keys().copied().collect();
-                    self.recent.put(&self.request.dir, recent::Pages::copy(manifest.fingerprint(), pages, data));
+                    self.recent.put(&self.request.dir, manifest.fingerprint(), pages, data);
                 }
                 Err(e) => report.note = Some(format!("the Python state could not be saved ({e})")),
             },

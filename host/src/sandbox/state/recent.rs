@@ -23,9 +23,11 @@ pub struct Pages {
 }
 
 impl Pages {
-    /// Copies `index` from `memory`.
-    pub fn copy(manifest: u64, index: Vec<u32>, memory: &[u8]) -> Pages {
-        let mut data = Vec::with_capacity(index.len() * PAGE);
+    /// Copies `index` from `memory` into `data` (emptied first: a buffer whose pages are
+    /// already mapped costs no page faults).
+    fn copy(manifest: u64, index: Vec<u32>, memory: &[u8], mut data: Vec<u8>) -> Pages {
+        data.clear();
+        data.reserve(index.len() * PAGE);
         for &page in &index {
             let start = page as usize * PAGE;
             data.extend_from_slice(&memory[start..start + PAGE]);
@@ -69,16 +71,22 @@ impl Recent {
         (pages.manifest == manifest).then(|| pages.clone())
     }
 
-    /// Keeps `pages` as the state in `dir` (replacing what was kept for it), unless it alone
-    /// is over the budget.
-    pub fn put(&self, dir: &Path, pages: Pages) {
+    /// Keeps a copy of the pages `index` of `memory` as the state in `dir` whose manifest has
+    /// fingerprint `manifest` (replacing what was kept for it), unless it alone is over half
+    /// the budget.
+    pub fn put(&self, dir: &Path, manifest: u64, index: Vec<u32>, memory: &[u8]) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((old, _)) = entries.by_dir.remove(dir) {
+        let old = entries.by_dir.remove(dir).map(|(old, _)| {
             entries.bytes -= old.data.len();
-        }
-        if pages.data.len() > BUDGET / 2 {
+            old
+        });
+        drop(entries);
+        if index.len() * PAGE > BUDGET / 2 {
             return;
         }
+        let buffer = old.and_then(|old| Arc::try_unwrap(old).ok()).map(|old| old.data).unwrap_or_default();
+        let pages = Pages::copy(manifest, index, memory, buffer);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         while entries.bytes + pages.data.len() > BUDGET {
             let Some(oldest) = entries.by_dir.iter().min_by_key(|(_, (_, used))| *used).map(|(dir, _)| dir.clone())
             else {
