@@ -24,7 +24,6 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use wasmtime::{Memory, Store};
 
-use super::call::CallState;
 use super::pagemap::{self, PAGE};
 use super::prefault::WriteSet;
 use disk::{Layer, Manifest};
@@ -131,7 +130,7 @@ impl Keeper {
     /// Writes the saved state into a fresh instance's `memory`, unless there is none, the call
     /// asked for a fresh start, or it cannot be used (then says why). `max_memory` is the call's
     /// memory limit.
-    pub fn restore(&mut self, store: &mut Store<CallState>, memory: Memory, max_memory: u64) -> Restore {
+    pub fn restore<T>(&mut self, store: &mut Store<T>, memory: Memory, max_memory: u64) -> Restore {
         let started = Instant::now();
         let found = match Manifest::read(&self.request.dir) {
             Ok(found) => found,
@@ -190,7 +189,7 @@ impl Keeper {
     /// since the state it started from, as a new layer, or the whole state as one layer when
     /// the layers have grown past it. Over the budget, nothing is saved and the state from
     /// before the call stays.
-    pub fn save(self, store: &Store<CallState>, memory: Memory) {
+    pub fn save<T>(self, store: &Store<T>, memory: Memory) {
         let started = Instant::now();
         let data = memory.data(store);
         let base = if self.restored { self.found.as_ref() } else { None };
