@@ -125,7 +125,10 @@ async fn state_follows_its_handle_across_sessions_and_a_restart_and_is_its_owner
     let ran = call(&client, "code_interpreter", json!({"code": "print('secret' in globals())", "workspace": ws})).await;
     assert_eq!(structured(&ran)["stdout"], "False\n");
     assert!(text(&ran).contains("--- python state ---\nthe saved Python state is damaged"), "{}", text(&ran));
-    assert_eq!(run(&client, "print('secret' in globals())", json!({"workspace": ws})).await.0, "False\n");
+    // The call's state replaced the damaged one: the workspace keeps state again.
+    let (_, state, _) = run(&client, "secret = 'again'", json!({"workspace": ws})).await;
+    assert_eq!((state["restored"].as_bool(), state.get("note")), (Some(true), None), "{state}");
+    assert_eq!(run(&client, "print(secret)", json!({"workspace": ws})).await.0, "again\n");
 }
 
 #[tokio::test]

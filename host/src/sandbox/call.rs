@@ -320,13 +320,17 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
         }
     };
     let mut keeper = run.state.take();
+    // Set when a damaged state was found half-written: the next instance starts fresh, and the
+    // call's state replaces the damaged one.
+    let mut spoiled = false;
     let (mut store, instance) = loop {
         let mut store = store(engine, &prepared.layout, &args, &env, &run)?;
         let instance = match prepared.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(e) => return Ok((Ran { ending: ending_of(e)?, fuel_used: None, written: None }, store)),
         };
-        let (Some(state), Some(memory)) = (keeper.as_mut(), instance.get_memory(&mut store, "memory")) else {
+        let (Some(state), Some(memory), false) = (keeper.as_mut(), instance.get_memory(&mut store, "memory"), spoiled)
+        else {
             break (store, instance);
         };
         match state.restore(&mut store, memory, run.limits.memory_bytes) {
@@ -339,7 +343,7 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
             }
             Restore::Fresh => break (store, instance),
             // Part of a damaged state is in this instance: start over in a new one.
-            Restore::Spoiled => keeper = None,
+            Restore::Spoiled => spoiled = true,
         }
     };
     let memory = instance.get_memory(&mut store, "memory");
