@@ -300,12 +300,9 @@ impl Sandbox {
         let memory_denied = Arc::new(AtomicBool::new(false));
         let state_report = Arc::new(std::sync::Mutex::new(StateReport::default()));
         let keeper = match (call.state, &prepared.baseline) {
-            (Some(request), Some(baseline)) => Some(state::Keeper::new(
-                request,
-                baseline.clone(),
-                state_report.clone(),
-                inner.recent_states.clone(),
-            )),
+            (Some(request), Some(baseline)) => {
+                Some(state::Keeper::new(request, baseline.clone(), state_report.clone(), inner.recent_states.clone()))
+            }
             _ => None,
         };
         let started = Instant::now();
@@ -383,7 +380,9 @@ fn rolled_back(outcome: &Outcome) -> String {
         Status::OutOfFuel => "ran out of fuel",
         Status::OutOfMemory => "ran out of memory",
     };
-    format!("this call {ended}, so its Python state was not saved: the workspace keeps the state it had before this call")
+    format!(
+        "this call {ended}, so its Python state was not saved: the workspace keeps the state it had before this call"
+    )
 }
 
 /// Which quotas refused a write during a call, as the result says it.

@@ -300,7 +300,12 @@ impl Registry {
     /// The built-in tools and the organisation's (`org`; one whose name is taken is skipped
     /// with a warning). Guest code may call `code_mode` tools, or, when that is `None`, the
     /// built-ins that only touch the workspace and the org tools that say they are safe.
-    pub fn build(limits: &Limits, org: Vec<Arc<dyn Tool>>, code_mode: Option<&[String]>, python_state: bool) -> Registry {
+    pub fn build(
+        limits: &Limits,
+        org: Vec<Arc<dyn Tool>>,
+        code_mode: Option<&[String]>,
+        python_state: bool,
+    ) -> Registry {
         let mut registry = Registry::default();
         let builtin: Vec<Arc<dyn Tool>> = vec![
             Arc::new(calculate_sum::CalculateSum::new()),

@@ -17,7 +17,11 @@ async fn run(client: &Client, code: &str, extra: Value) -> (String, Value, Strin
     }
     let result = call(client, "code_interpreter", arguments).await;
     let content = structured(&result);
-    (content["stdout"].as_str().unwrap_or_default().to_string(), content["state"].clone(), content["status"].to_string())
+    (
+        content["stdout"].as_str().unwrap_or_default().to_string(),
+        content["state"].clone(),
+        content["status"].to_string(),
+    )
 }
 
 #[tokio::test]
@@ -95,7 +99,8 @@ async fn state_follows_its_handle_across_sessions_and_a_restart_and_is_its_owner
     let bob = connect(&server.url, Some("bob")).await;
     let refused = call(&bob, "code_interpreter", json!({"code": "print(secret)", "workspace": ws})).await;
     assert!(is_error(&refused) && text(&refused).contains("belongs to another user"), "{}", text(&refused));
-    let refused = call(&bob, "code_interpreter", json!({"code": "secret = 'bob'", "workspace": ws, "fresh": true})).await;
+    let refused =
+        call(&bob, "code_interpreter", json!({"code": "secret = 'bob'", "workspace": ws, "fresh": true})).await;
     assert!(is_error(&refused), "{}", text(&refused));
     for client in [alice, other, bob] {
         client.cancel().await.expect("close");

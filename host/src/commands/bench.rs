@@ -134,8 +134,14 @@ impl Row {
 /// What the calls go to: the sandbox in this process, or an MCP server over HTTP.
 enum Target {
     /// Each worker has a workspace, and a folder for its Python state.
-    InProcess { sandbox: Sandbox, runtime: String, workspaces: Vec<(Workspace, PathBuf)> },
-    Http { clients: Vec<RunningService<rmcp::RoleClient, ()>> },
+    InProcess {
+        sandbox: Sandbox,
+        runtime: String,
+        workspaces: Vec<(Workspace, PathBuf)>,
+    },
+    Http {
+        clients: Vec<RunningService<rmcp::RoleClient, ()>>,
+    },
 }
 
 impl Target {

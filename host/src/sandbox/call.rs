@@ -338,7 +338,10 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
                 // wasi-libc's table of preopened folders is in the restored memory: it is read
                 // afresh from this call's WASI context, as in a fresh instance.
                 let reset = instance.get_typed_func::<(), ()>(&mut store, "toolhost.reset_preopens")?;
-                reset.call_async(&mut store, ()).await.map_err(|e| anyhow::anyhow!("cannot reset the preopens of a restored state: {e:#}"))?;
+                reset
+                    .call_async(&mut store, ())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reset the preopens of a restored state: {e:#}"))?;
                 break (store, instance);
             }
             Restore::Fresh => break (store, instance),

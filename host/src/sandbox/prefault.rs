@@ -38,7 +38,8 @@ impl WriteSet {
     /// since they were mapped from the image: present, and private rather than file-backed.
     pub fn learn(base: *const u8, len: usize) -> std::io::Result<WriteSet> {
         let entries = pagemap::entries(base, len)?;
-        let written = entries.iter().enumerate().filter(|(_, e)| e.present() && !e.file_or_shared()).map(|(page, _)| page);
+        let written =
+            entries.iter().enumerate().filter(|(_, e)| e.present() && !e.file_or_shared()).map(|(page, _)| page);
         let mut ranges = WriteSet::runs(written).ranges;
         // Merge across the smallest gaps until few enough runs remain.
         while ranges.len() > MAX_RUNS {

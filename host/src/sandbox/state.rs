@@ -153,7 +153,9 @@ impl Keeper {
         }
         let grow = (manifest.memory_bytes - current) / wasmtime_page();
         if grow > 0 && memory.grow(&mut *store, grow).is_err() {
-            self.note("the saved Python state was dropped: its memory could not be grown; this call started fresh".into());
+            self.note(
+                "the saved Python state was dropped: its memory could not be grown; this call started fresh".into(),
+            );
             self.found = None;
             return Restore::Fresh;
         }
@@ -174,12 +176,19 @@ impl Keeper {
             });
             if let Err(why) = checked {
                 self.recent.forget(dir);
-                self.note(format!("the saved Python state is damaged ({why}) and was dropped; this call started fresh"));
+                self.note(format!(
+                    "the saved Python state is damaged ({why}) and was dropped; this call started fresh"
+                ));
                 self.found = None;
                 return Restore::Spoiled;
             }
         }
-        tracing::debug!(pages = manifest.pages.len(), bytes, ms = started.elapsed().as_secs_f64() * 1e3, "state restored");
+        tracing::debug!(
+            pages = manifest.pages.len(),
+            bytes,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "state restored"
+        );
         self.restored = true;
         self.report().restored = true;
         Restore::Restored
@@ -261,7 +270,13 @@ impl Keeper {
     }
 
     /// Writes `pages` of `data` as the manifest's next layer.
-    fn append(&self, manifest: &mut Manifest, data: &[u8], pages: &[u32], written: &mut Vec<u64>) -> std::io::Result<()> {
+    fn append(
+        &self,
+        manifest: &mut Manifest,
+        data: &[u8],
+        pages: &[u32],
+        written: &mut Vec<u64>,
+    ) -> std::io::Result<()> {
         let id = manifest.next_layer;
         written.push(id);
         let bytes = disk::write_layer(&self.request.dir, id, data, pages)?;
@@ -310,7 +325,7 @@ fn refusal(manifest: &Manifest, runtime: &str, budget: u64, max_memory: u64, cur
             manifest.memory_bytes >> 20,
             max_memory >> 20
         ))
-    } else if manifest.memory_bytes < current || manifest.memory_bytes % wasmtime_page() != 0 {
+    } else if manifest.memory_bytes < current || !manifest.memory_bytes.is_multiple_of(wasmtime_page()) {
         Some("its memory size does not fit the runtime".to_string())
     } else {
         None

@@ -74,7 +74,9 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Option<Manifest>, Damaged> {
         let path = dir.join("manifest");
         match fs::read(&path) {
-            Ok(bytes) => Manifest::decode(&bytes).map(Some).map_err(|why| Damaged::Format("the state's manifest".into(), why)),
+            Ok(bytes) => {
+                Manifest::decode(&bytes).map(Some).map_err(|why| Damaged::Format("the state's manifest".into(), why))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Damaged::Io(path.display().to_string(), e)),
         }
@@ -122,7 +124,8 @@ impl Manifest {
 
     fn decode(bytes: &[u8]) -> Result<Manifest, &'static str> {
         let (body, check) = bytes.split_at_checked(bytes.len().saturating_sub(8)).ok_or("too short")?;
-        if check.len() != 8 || xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(check.try_into().unwrap_or_default())
+        if check.len() != 8
+            || xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(check.try_into().unwrap_or_default())
         {
             return Err("its checksum does not match");
         }
@@ -187,8 +190,8 @@ pub fn write_layer(dir: &Path, id: u64, memory: &[u8], pages: &[u32]) -> io::Res
         i += count;
         let start = first as usize * PAGE;
         let raw = &memory[start..start + count * PAGE];
-        let packed = lz4_flex::block::compress_into(raw, &mut compressed)
-            .map_err(|e| io::Error::other(format!("LZ4: {e}")))?;
+        let packed =
+            lz4_flex::block::compress_into(raw, &mut compressed).map_err(|e| io::Error::other(format!("LZ4: {e}")))?;
         // Stored as it is unless compression saves an eighth.
         let (kind, data) = if packed < raw.len() - raw.len() / 8 { (LZ4, &compressed[..packed]) } else { (RAW, raw) };
         out.extend_from_slice(&first.to_le_bytes());
@@ -211,7 +214,8 @@ pub fn apply_layer(dir: &Path, id: u64, memory: &mut [u8]) -> Result<(), Damaged
     let mut reader = Reader(&bytes);
     while !reader.0.is_empty() {
         let header = reader.take(BLOCK_HEADER).map_err(damaged)?;
-        let field = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]) as usize;
+        let field =
+            |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]) as usize;
         let (first, count, stored, kind) = (field(0), field(4), field(8), header[12]);
         let data = reader.take(stored).map_err(damaged)?;
         let start = first.checked_mul(PAGE).ok_or_else(|| damaged("a block's page is out of range"))?;
@@ -289,8 +293,11 @@ mod tests {
         let mut manifest = Manifest::new("abc", memory.len() as u64, 4);
         manifest.layers = vec![Layer { id: 3, bytes: 1 }];
         manifest.commit(dir.path()).expect("commit");
-        let mut names: Vec<String> =
-            fs::read_dir(dir.path()).expect("dir").flatten().map(|e| e.file_name().into_string().expect("utf8")).collect();
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().into_string().expect("utf8"))
+            .collect();
         names.sort();
         assert_eq!(names, ["layer-3", "manifest"]);
     }
