@@ -89,6 +89,10 @@ pub enum Command {
     /// that the compile's memory goes back to the system with the process.
     #[command(hide = true)]
     Prepare,
+    /// (Internal) A worker process of a server: load the runtimes the server names on the
+    /// socket that is this process's stdin, then run the calls it sends, one at a time.
+    #[command(hide = true)]
+    Worker,
     /// Check the org tools: list those that load and, for each folder that does not, the file
     /// and the reason. Exit status 1 when a folder does not load.
     Tools(ToolsArgs),
@@ -368,6 +372,12 @@ pub struct LimitArgs {
     /// already imported (slower calls; no snapshot to build on first start).
     #[arg(long, env = "TOOLHOST_NO_SNAPSHOT")]
     pub no_snapshot: bool,
+
+    /// Run guests in worker processes, one per --max-concurrency, each with its own address
+    /// space (concurrent guests do not slow each other down; a crashed worker loses only its
+    /// call and is replaced): `on` or `off` (guests run on threads of the server). Default on.
+    #[arg(long, env = "TOOLHOST_WORKER_PROCESSES", value_name = "on|off", value_parser = parse_on_off)]
+    pub worker_processes: Option<bool>,
 
     /// Modules the snapshot imports ahead of calls, comma-separated.
     /// Default: numpy,pandas,matplotlib,matplotlib.pyplot.

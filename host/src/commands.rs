@@ -8,6 +8,7 @@ pub mod serve;
 pub mod soak;
 pub mod stdio;
 pub mod tools;
+pub mod worker;
 
 use std::sync::Arc;
 

@@ -234,6 +234,9 @@ pub struct SandboxFile {
     /// Modules the snapshot imports. Flag `--preload`. Default numpy, pandas, matplotlib,
     /// matplotlib.pyplot.
     pub preload: Option<Vec<String>>,
+    /// Run guests in worker processes, one per `max_concurrency`, each with its own address
+    /// space; false runs them on threads of the server. Flag `--worker-processes`. Default true.
+    pub worker_processes: Option<bool>,
 }
 
 /// Everything toolhost runs with, validated.
@@ -388,6 +391,11 @@ impl Settings {
             } else {
                 flags.preload.clone()
             },
+            worker_processes: flags
+                .worker_processes
+                .or(file.sandbox.worker_processes)
+                .unwrap_or(sandbox_defaults.worker_processes),
+            worker_exe: None,
         };
         for module in &sandbox.preload {
             if !crate::sandbox::is_python_module_name(module) {

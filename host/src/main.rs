@@ -20,6 +20,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Worker = cli.command {
+        // A worker reads no configuration: its server sends what it needs. It logs as the
+        // environment says (it inherits the server's) to the server's stderr.
+        init_logging(
+            cli.global.log_format.unwrap_or(LogFormat::Text),
+            cli.global.log.as_deref().unwrap_or(toolhost::config::DEFAULT_LOG_FILTER),
+        );
+        return commands::worker::run();
+    }
     let flags = match &cli.command {
         Command::Serve(args) => {
             Flags { limits: args.limits.clone(), app: args.app.clone(), server: args.server.clone() }
@@ -29,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
         Command::Runtime(_) | Command::Prepare => Flags::default(),
         Command::Tools(args) => Flags { app: args.app.clone(), ..Flags::default() },
+        Command::Worker => unreachable!("answered above"),
         Command::Config => {
             print!("{}", toolhost::config::reference());
             return Ok(ExitCode::SUCCESS);
@@ -49,7 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Prepare => commands::prepare::child(settings),
         Command::Tools(_) => commands::tools::check(&settings),
-        Command::Config => unreachable!("answered before the settings are read"),
+        Command::Config | Command::Worker => unreachable!("answered before the settings are read"),
     }
 }
 

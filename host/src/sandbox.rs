@@ -9,7 +9,9 @@ mod call;
 mod door;
 mod engine;
 mod guest;
+mod job;
 mod limits;
+mod local;
 mod outcome;
 mod output;
 mod pagemap;
@@ -18,11 +20,11 @@ mod prepare;
 pub mod readiness;
 mod snapshot;
 mod state;
+mod workers;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -36,13 +38,14 @@ pub use limits::Limits;
 pub use outcome::{ErrorInfo, FileInfo, Outcome, Status};
 pub use readiness::{NotReady, Readiness};
 pub use state::{PythonState, StateReport};
+pub use workers::serve as serve_worker;
 
 use crate::progress::Progress;
 use crate::runtime::{Cache, InstalledRuntime};
 use crate::workspace::{Ledger, Quota, Workspace};
 
 /// A read-only folder of the host mounted in the guest at `/<name>`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReadOnlyRoot {
     pub name: String,
     pub host: PathBuf,
@@ -64,6 +67,12 @@ pub struct SandboxConfig {
     pub snapshot: bool,
     /// Modules the snapshot imports, so that calls find them loaded.
     pub preload: Vec<String>,
+    /// Run guests in worker processes (one per `max_concurrency`), not on threads here.
+    #[serde(default)]
+    pub worker_processes: bool,
+    /// The binary started as `toolhost worker`; `None`: this one.
+    #[serde(default)]
+    pub worker_exe: Option<PathBuf>,
 }
 
 /// The modules a snapshot imports unless configured otherwise.
@@ -81,6 +90,8 @@ impl Default for SandboxConfig {
             default_runtime: crate::runtime::manifest::DEFAULT_RUNTIME.to_string(),
             snapshot: true,
             preload: default_preload(),
+            worker_processes: true,
+            worker_exe: None,
         }
     }
 }
@@ -184,59 +195,56 @@ pub struct Sandbox {
 }
 
 struct Inner {
-    engine: engine::SandboxEngine,
-    runtimes: BTreeMap<String, Arc<call::Prepared>>,
     config: SandboxConfig,
+    runtime_names: Vec<String>,
     admission: admission::Admission,
     calls: AtomicU64,
-    executor: Executor,
-    /// The Python states calls here saved last, kept in memory for the next call.
-    recent_states: Arc<state::Recent>,
+    exec: Exec,
 }
 
-/// The sandbox's own tokio runtime, whose worker threads run guests.
-struct Executor(Option<tokio::runtime::Runtime>);
-
-impl Drop for Executor {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
+/// Where guests run.
+enum Exec {
+    /// On threads of this process.
+    Threads(local::Local),
+    /// In worker processes, one guest address space each.
+    Workers(workers::Pool),
 }
 
 impl Sandbox {
-    /// Builds the engine and readies each runtime: a reactor from a pre-initialized snapshot
-    /// (built once) or the stock module, a command from its module; each compiled once into
-    /// the cache (with progress), then loaded from there and linked.
+    /// Readies each runtime (a reactor from a pre-initialized snapshot, built once, or the
+    /// stock module; a command from its module; each compiled once into the cache, with
+    /// progress) and starts what runs guests: worker processes that load them (the first
+    /// alone, as it may fill the cache), or this process's threads.
     pub fn start(
         config: SandboxConfig,
         runtimes: &[InstalledRuntime],
         cache: &Cache,
         progress: &Progress,
     ) -> Result<Sandbox> {
-        let slots = u32::try_from(config.max_concurrency * 2 + 2).unwrap_or(u32::MAX);
-        let engine =
-            engine::SandboxEngine::new(engine::EngineLimits { slots, max_memory_bytes: config.limits.memory_bytes })?;
-        let executor = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.max_concurrency.max(1))
-            .thread_name("toolhost-guest")
-            .enable_all()
-            .build()
-            .context("cannot start the sandbox's threads")?;
-        let mut prepared = BTreeMap::new();
-        for runtime in runtimes {
-            let loaded = Instant::now();
-            let layout = call::Layout::of(runtime);
-            let ready = prepare::prepare(&engine, executor.handle(), runtime, layout, &config, cache, progress)
-                .with_context(|| format!("runtime {} cannot be prepared", runtime.name()))?;
-            tracing::info!(runtime = runtime.name(), ms = loaded.elapsed().as_millis() as u64, "runtime ready");
-            prepared.insert(runtime.name().to_string(), Arc::new(ready));
-        }
+        let started = Instant::now();
+        let exec = if config.worker_processes {
+            let exe = match &config.worker_exe {
+                Some(exe) => exe.clone(),
+                None => std::env::current_exe().context("cannot find the toolhost binary to start workers")?,
+            };
+            Exec::Workers(workers::Pool::start(workers::Launch {
+                exe,
+                config: config.clone(),
+                runtimes: runtimes.iter().map(|r| r.name().to_string()).collect(),
+                cache_dir: cache.root().to_path_buf(),
+            })?)
+        } else {
+            Exec::Threads(local::Local::start(&config, runtimes, cache, progress)?)
+        };
+        tracing::info!(
+            runtimes = runtimes.iter().map(|r| r.name()).collect::<Vec<_>>().join(","),
+            worker_processes = config.worker_processes.then_some(config.max_concurrency.max(1)).unwrap_or(0),
+            ms = started.elapsed().as_millis() as u64,
+            "sandbox started"
+        );
         Ok(Sandbox {
             inner: Arc::new(Inner {
-                engine,
-                runtimes: prepared,
+                runtime_names: runtimes.iter().map(|r| r.name().to_string()).collect(),
                 admission: admission::Admission::new(
                     config.max_concurrency,
                     config.queue_depth,
@@ -244,8 +252,7 @@ impl Sandbox {
                 ),
                 config,
                 calls: AtomicU64::new(0),
-                executor: Executor(Some(executor)),
-                recent_states: Arc::default(),
+                exec,
             }),
         })
     }
@@ -256,7 +263,7 @@ impl Sandbox {
     }
 
     pub fn runtime_names(&self) -> Vec<String> {
-        self.inner.runtimes.keys().cloned().collect()
+        self.inner.runtime_names.clone()
     }
 
     pub fn stats(&self) -> SandboxStats {
@@ -268,16 +275,27 @@ impl Sandbox {
         self.inner.admission.watch()
     }
 
+    /// The worker processes' ids (0 for one that is starting); empty when guests run on
+    /// threads of this process.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        match &self.inner.exec {
+            Exec::Workers(pool) => pool.pids(),
+            Exec::Threads(_) => Vec::new(),
+        }
+    }
+
     /// Runs code in a fresh instance and reports how it went. Waits for a slot when all are
     /// busy, or answers `Busy` when the queue is full too. Dropping the returned future stops
     /// the guest.
     pub async fn run(&self, call: Call<'_>) -> Result<Outcome, SandboxError> {
         let inner = &self.inner;
         let name = call.runtime.unwrap_or(&inner.config.default_runtime);
-        let prepared = inner.runtimes.get(name).cloned().ok_or_else(|| SandboxError::UnknownRuntime {
-            name: name.to_string(),
-            available: self.runtime_names().join(", "),
-        })?;
+        if !inner.runtime_names.iter().any(|n| n == name) {
+            return Err(SandboxError::UnknownRuntime {
+                name: name.to_string(),
+                available: self.runtime_names().join(", "),
+            });
+        }
 
         let _admitted = inner.admission.admit(call.nested, &call.share).await?;
         // Stop the guest if this future is dropped.
@@ -295,55 +313,44 @@ impl Sandbox {
         let tmp_ledger = Ledger::new(Quota { bytes: limits.tmp_bytes, files: limits.workspace_files }, 0, 0);
         let refusals_before = workspace.ledger().refusals();
         let principal_refusals_before = workspace.ledger().parent_refusals();
-        let stdout = output::Capture::new(limits.output_bytes);
-        let stderr = output::Capture::new(limits.output_bytes);
-        let memory_denied = Arc::new(AtomicBool::new(false));
-        let state_report = Arc::new(std::sync::Mutex::new(StateReport::default()));
-        let keeper = match (call.state, &prepared.baseline) {
-            (Some(request), Some(baseline)) => {
-                Some(state::Keeper::new(request, baseline.clone(), state_report.clone(), inner.recent_states.clone()))
-            }
-            _ => None,
-        };
         let started = Instant::now();
-        let deadline = started + limits.timeout;
-        let guest_run = call::GuestRun {
-            script: call::Script::User(call.code),
+        let job = job::Job {
+            runtime: name.to_string(),
+            code: call.code,
             call_id: call_id.clone(),
             stdin: call.stdin,
             workspace: workspace.host_path().to_path_buf(),
             workspace_read_only: call.workspace_read_only,
-            workspace_budget: Some(workspace.ledger().clone()),
             scratch: scratch.path().to_path_buf(),
-            scratch_budget: Some(tmp_ledger.clone()),
             roots: call.roots,
             limits,
-            deadline,
-            cancel: call.cancel.clone(),
-            stdout: stdout.clone(),
-            stderr: stderr.clone(),
-            memory_denied: memory_denied.clone(),
-            learn: false,
-            host_tools: call.host_tools,
-            state: keeper,
+            time_left: limits.timeout,
+            state: call.state,
+            host_tools: call.host_tools.is_some(),
+            nested: call.nested,
         };
-        let executor = inner.executor.0.as_ref().context("the sandbox is shutting down")?.handle();
-        let handle = spawn_guest(executor, prepared, inner.engine.engine.clone(), guest_run);
-        let ran = handle.await.map_err(|_| anyhow::anyhow!("the guest task ended without a result"))??;
+        let io = job::JobIo {
+            workspace_budget: workspace.ledger().clone(),
+            scratch_budget: tmp_ledger.clone(),
+            host_tools: call.host_tools,
+            cancel: call.cancel.clone(),
+        };
+        let done = match &inner.exec {
+            Exec::Threads(local) => local.run(job, io).await?,
+            Exec::Workers(pool) => pool.run(job, io).await?,
+        };
         let duration = started.elapsed();
         drop(scratch);
 
-        if let Some(fuel) = ran.fuel_used {
+        if let Some(fuel) = done.fuel_used {
             metrics::histogram!("toolhost_fuel_used").record(fuel as f64);
         }
-        let stdout = stdout.take();
-        let stderr = stderr.take();
         let finished = outcome::Finished {
             call_id: &call_id,
-            ran,
-            stdout,
-            stderr,
-            memory_denied: memory_denied.load(Ordering::Relaxed),
+            ran: outcome::Ran { ending: done.ending, fuel_used: done.fuel_used, written: None },
+            stdout: done.stdout,
+            stderr: done.stderr,
+            memory_denied: done.memory_denied,
             duration,
             limits,
             refused: refused_in_words(
@@ -354,7 +361,7 @@ impl Sandbox {
             ),
         };
         let mut outcome = finished.into_outcome(workspace, &before);
-        outcome.state = std::mem::take(&mut *state_report.lock().unwrap_or_else(|p| p.into_inner()));
+        outcome.state = done.state;
         if !outcome.state.saved && outcome.state.note.is_none() && outcome.state.bytes > 0 {
             outcome.state.note = Some(rolled_back(&outcome));
         }
@@ -406,40 +413,4 @@ fn refused_in_words(workspace: bool, principal: bool, tmp: bool, limits: &Limits
         said.push(format!("the /tmp quota ({} MiB per call) refused a write", limits.tmp_bytes >> 20));
     }
     (!said.is_empty()).then(|| said.join("; "))
-}
-
-/// Runs a guest on the sandbox's threads. At its deadline or cancellation the guest is dropped,
-/// wherever it is: one that computes yields every `engine::YIELD_FUEL` units of fuel, one
-/// blocked in a host call (e.g. `time.sleep`) is waiting on a future. The result is sent before the spent store is dropped,
-/// so the caller does not wait for its memory to be reset.
-fn spawn_guest(
-    executor: &tokio::runtime::Handle,
-    prepared: Arc<call::Prepared>,
-    engine: wasmtime::Engine,
-    run: call::GuestRun,
-) -> tokio::sync::oneshot::Receiver<Result<outcome::Ran>> {
-    let deadline = tokio::time::Instant::from_std(run.deadline);
-    let cancel = run.cancel.clone();
-    let (result, receiver) = tokio::sync::oneshot::channel();
-    executor.spawn(async move {
-        let interrupted = |ending| Ok(outcome::Ran { ending, fuel_used: None, written: None });
-        tokio::select! {
-            ran = call::run(&prepared, &engine, run) => match ran {
-                Ok((ran, store)) => {
-                    let _ = result.send(Ok(ran));
-                    drop(store);
-                }
-                Err(e) => {
-                    let _ = result.send(Err(e));
-                }
-            },
-            () = tokio::time::sleep_until(deadline) => {
-                let _ = result.send(interrupted(outcome::Ending::Timeout));
-            }
-            () = cancel.cancelled() => {
-                let _ = result.send(interrupted(outcome::Ending::Cancelled));
-            }
-        }
-    });
-    receiver
 }

@@ -19,3 +19,4 @@ mod python_state;
 mod quotas;
 mod runtimes;
 mod support;
+mod workers;

@@ -18,7 +18,10 @@ pub const LITE: &str = "python-lite";
 pub fn settings() -> Settings {
     let global = GlobalArgs { config: None, cache_dir: None, log_format: None, log: None };
     let flags = Flags { limits: LimitArgs { max_concurrency: Some(2), ..LimitArgs::default() }, ..Flags::default() };
-    Settings::merge(&global, &flags, FileConfig::default()).expect("default settings")
+    let mut settings = Settings::merge(&global, &flags, FileConfig::default()).expect("default settings");
+    // Guests run in worker processes, as in a server: the test binary is not toolhost.
+    settings.sandbox.worker_exe = Some(toolhost_bin());
+    settings
 }
 
 /// The test binary's sandbox, started once (fetching and compiling on a fresh machine).

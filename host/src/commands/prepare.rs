@@ -70,7 +70,8 @@ pub fn child(settings: Settings) -> Result<ExitCode> {
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input).context("cannot read the settings on stdin")?;
     let request: Request = serde_json::from_slice(&input).context("the settings on stdin are not valid")?;
-    let settings = Settings { sandbox: request.sandbox, ..settings };
+    // Filling the cache needs no worker processes.
+    let settings = Settings { sandbox: SandboxConfig { worker_processes: false, ..request.sandbox }, ..settings };
     super::start_sandbox(&settings, &request.runtimes, &Progress::log())?;
     Ok(ExitCode::SUCCESS)
 }

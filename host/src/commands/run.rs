@@ -26,6 +26,8 @@ pub fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     };
     let runtime = args.runtime.clone().unwrap_or_else(|| settings.sandbox.default_runtime.clone());
     settings.sandbox.max_concurrency = 1;
+    // One call: a worker process would only add its start.
+    settings.sandbox.worker_processes = false;
     let sandbox = super::start_sandbox(&settings, std::slice::from_ref(&runtime), &Progress::auto())?;
 
     let temporary;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, Instance, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc};
+use wasmtime_wasi::filesystem::Budget;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -22,7 +23,6 @@ use super::prefault::WriteSet;
 use super::state::{Baseline, Keeper, Restore};
 use super::{Limits, ReadOnlyRoot};
 use crate::runtime::{AbiKind, FileRole, InstalledRuntime};
-use crate::workspace::Ledger;
 
 /// Tables may grow to this many elements (the guest starts with ~47k).
 const TABLE_LIMIT: usize = 1 << 20;
@@ -171,11 +171,11 @@ pub(super) struct GuestRun {
     pub workspace: PathBuf,
     pub workspace_read_only: bool,
     /// What every change under `/workspace` draws on; `None`: unbounded (runs outside calls).
-    pub workspace_budget: Option<Arc<Ledger>>,
+    pub workspace_budget: Option<Arc<dyn Budget>>,
     /// The host folder seen as `/tmp`, read-write, fresh for this call.
     pub scratch: PathBuf,
     /// What every change under `/tmp` draws on.
-    pub scratch_budget: Option<Arc<Ledger>>,
+    pub scratch_budget: Option<Arc<dyn Budget>>,
     pub roots: Vec<ReadOnlyRoot>,
     pub limits: Limits,
     pub deadline: Instant,
@@ -265,10 +265,10 @@ pub(super) fn store(
                  host: &std::path::Path,
                  guest: &str,
                  perms: FsPerms,
-                 budget: Option<&Arc<Ledger>>|
+                 budget: Option<&Arc<dyn Budget>>|
      -> Result<()> {
         match budget {
-            Some(ledger) => wasi.preopened_dir_with_budget(host, guest, perms, ledger.clone()),
+            Some(budget) => wasi.preopened_dir_with_budget(host, guest, perms, budget.clone()),
             None => wasi.preopened_dir(host, guest, perms),
         }
         .map_err(anyhow::Error::from)

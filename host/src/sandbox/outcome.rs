@@ -71,7 +71,7 @@ impl Outcome {
 }
 
 /// How the guest program stopped, before it is put into words.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ending {
     /// The program finished with this exit status (a `turn` value or a `proc_exit` code).
     Exited(i32),

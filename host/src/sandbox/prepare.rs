@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{SandboxConfig, call, engine, guest, outcome, output, prefault, snapshot, spawn_guest, state};
+use super::local::spawn_guest;
+use super::{SandboxConfig, call, engine, guest, outcome, output, prefault, snapshot, state};
 use crate::progress::Progress;
 use crate::runtime::{Cache, FileRole, InstalledRuntime};
 use crate::sandbox::Limits;

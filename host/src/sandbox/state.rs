@@ -29,7 +29,7 @@ use super::prefault::WriteSet;
 use disk::{Layer, Manifest};
 
 /// A call's use of its workspace's state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PythonState {
     /// Where the state lives: the workspace's own folder beside its files, out of the guest's reach.
     pub dir: PathBuf,
