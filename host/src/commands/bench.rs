@@ -26,7 +26,8 @@ use crate::workspace::{Quota, Workspace};
 
 /// A benchmark workload: `code` is what each measured call runs. With a `setup`, each worker's
 /// workspace first runs it once, and every measured call starts from the Python state it left
-/// (in process; over HTTP the server keeps state as configured for every workload).
+/// (in process and over HTTP alike: the workloads without setup go to a server that keeps no
+/// Python state, those with one to a server that does, so each row compares like with like).
 pub struct Workload {
     pub name: &'static str,
     pub setup: Option<&'static str>,
@@ -139,8 +140,10 @@ enum Target {
         runtime: String,
         workspaces: Vec<(Workspace, PathBuf)>,
     },
+    /// Clients of a server that keeps no Python state, and of one that does.
     Http {
-        clients: Vec<RunningService<rmcp::RoleClient, ()>>,
+        stateless: Vec<RunningService<rmcp::RoleClient, ()>>,
+        stateful: Vec<RunningService<rmcp::RoleClient, ()>>,
     },
 }
 
@@ -153,7 +156,7 @@ impl Target {
     }
 
     /// One call by worker `worker`; the inner `Err` says why the code did not run cleanly.
-    /// `stateful`: in process, the call restores and saves the worker's Python state.
+    /// `stateful`: the call restores and saves the worker's Python state.
     async fn call(&self, worker: usize, code: &str, stateful: bool) -> Result<Result<(), String>> {
         match self {
             Target::InProcess { sandbox, runtime, workspaces } => {
@@ -174,7 +177,8 @@ impl Target {
                         .map_or_else(|| outcome.status.as_str().into(), |e| format!("{}: {}", e.kind, e.message)))
                 })
             }
-            Target::Http { clients } => {
+            Target::Http { stateless, stateful: kept } => {
+                let clients = if stateful { kept } else { stateless };
                 let mut arguments = serde_json::Map::new();
                 arguments.insert("code".into(), code.into());
                 let result = clients[worker]
@@ -215,16 +219,25 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
                 workspaces,
             }));
         }
-        let mut server = None;
+        let mut servers = Vec::new();
         if matches!(args.mode, BenchMode::Http | BenchMode::All) {
-            let (url, stop) = local_server(&settings, sandbox.clone(), folders.path(), &[]).await?;
-            server = Some(stop);
-            let mut clients = Vec::new();
-            for _ in 0..most {
-                let transport = StreamableHttpClientTransport::from_uri(format!("{url}/mcp"));
-                clients.push(().serve(transport).await.context("cannot connect to the local server")?);
+            let mut sets = Vec::new();
+            for python_state in [None, Some(settings.app.python_state.unwrap_or(256 << 20))] {
+                let mut settings = settings.clone();
+                settings.app.python_state = python_state;
+                let scratch = folders.path().join(if python_state.is_some() { "stateful" } else { "stateless" });
+                let (url, stop) = local_server(&settings, sandbox.clone(), &scratch, &[]).await?;
+                servers.push(stop);
+                let mut clients = Vec::new();
+                for _ in 0..most {
+                    let transport = StreamableHttpClientTransport::from_uri(format!("{url}/mcp"));
+                    clients.push(().serve(transport).await.context("cannot connect to the local server")?);
+                }
+                sets.push(clients);
             }
-            targets.push(Arc::new(Target::Http { clients }));
+            let stateful = sets.pop().unwrap_or_default();
+            let stateless = sets.pop().unwrap_or_default();
+            targets.push(Arc::new(Target::Http { stateless, stateful }));
         }
         let mut rows = Vec::new();
         for target in &targets {
@@ -233,7 +246,9 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
                     continue;
                 }
                 for &concurrency in &levels {
-                    let mut row = measure(target.clone(), workload, concurrency, args.iterations, budget).await?;
+                    let workers = sandbox.worker_pids();
+                    let mut row =
+                        measure(target.clone(), workload, concurrency, args.iterations, budget, &workers).await?;
                     row.compare(&rows);
                     if !args.json {
                         print_row(&row, rows.is_empty());
@@ -246,13 +261,13 @@ pub fn run(settings: Settings, args: BenchArgs) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         for target in targets {
-            if let Ok(Target::Http { clients }) = Arc::try_unwrap(target) {
-                for client in clients {
+            if let Ok(Target::Http { stateless, stateful }) = Arc::try_unwrap(target) {
+                for client in stateless.into_iter().chain(stateful) {
                     let _ = client.cancel().await;
                 }
             }
         }
-        if let Some(stop) = server {
+        for stop in servers {
             let _ = stop.send(());
         }
         anyhow::Ok(ExitCode::SUCCESS)
@@ -289,6 +304,7 @@ async fn measure(
     concurrency: usize,
     iterations: usize,
     budget: Duration,
+    worker_pids: &[u32],
 ) -> Result<Row> {
     let mut row = Row {
         mode: target.mode(),
@@ -312,7 +328,7 @@ async fn measure(
             }
         }
     }
-    reset_peak_rss();
+    reset_peak_rss(worker_pids);
     let started = Instant::now();
     let per_worker = iterations.div_ceil(concurrency);
     let mut workers = Vec::new();
@@ -334,7 +350,7 @@ async fn measure(
         samples.extend(worker.await.context("bench worker")??);
     }
     row.latency = Some(Latency::of(samples, started.elapsed()));
-    row.peak_rss_mb = peak_rss_mb();
+    row.peak_rss_mb = peak_rss_mb(worker_pids);
     Ok(row)
 }
 
@@ -379,8 +395,6 @@ fn print_row(row: &Row, header: bool) {
     }
 }
 
-/// Resets the kernel's record of this process's peak RSS (VmHWM), so each measurement reports
-/// its own peak. Linux only; elsewhere the peak is the process's.
 /// A ratio for the table, or `-` when there is nothing to compare with.
 fn ratio(value: Option<f64>, unit: &str) -> String {
     match value {
@@ -390,18 +404,32 @@ fn ratio(value: Option<f64>, unit: &str) -> String {
     }
 }
 
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// Resets the kernel's record of the peak RSS (VmHWM) of this process and its worker processes,
+/// so each measurement reports its own peak. Linux only; elsewhere the peak is the process's.
+pub fn reset_peak_rss(workers: &[u32]) {
+    for process in processes(workers) {
+        let _ = std::fs::write(format!("/proc/{process}/clear_refs"), "5");
+    }
 }
 
-/// This process's peak RSS in MB since the last reset, from /proc/self/status.
-pub fn peak_rss_mb() -> Option<f64> {
-    status_mb("VmHWM")
+/// The peak RSS since the last reset of this process and its worker processes together, in MB.
+pub fn peak_rss_mb(workers: &[u32]) -> Option<f64> {
+    processes(workers).map(|process| status_mb_of(&process, "VmHWM")).sum()
+}
+
+/// This process (`self`) and the worker processes running.
+fn processes(workers: &[u32]) -> impl Iterator<Item = String> + '_ {
+    std::iter::once("self".to_string()).chain(workers.iter().filter(|&&pid| pid != 0).map(u32::to_string))
 }
 
 /// A memory figure of this process from /proc/self/status (e.g. `VmRSS`), in MB.
 pub(super) fn status_mb(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_mb_of("self", field)
+}
+
+/// A memory figure of process `process` (a pid, or `self`) from its /proc status, in MB.
+pub(super) fn status_mb_of(process: &str, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some((kb / 1024.0 * 10.0).round() / 10.0)

@@ -19,9 +19,10 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde::Serialize;
 
-use super::bench::{Latency, local_server, status_mb};
+use super::bench::{Latency, local_server, status_mb, status_mb_of};
 use crate::config::Settings;
 use crate::progress::Progress;
+use crate::sandbox::Sandbox;
 
 const HOSTILE: &str = "soak-hostile-token";
 const BENIGN: &str = "soak-benign-token";
@@ -73,7 +74,7 @@ pub fn run(settings: Settings, length: Duration, json: bool) -> Result<ExitCode>
     let executor = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = executor.block_on(async move {
         let folders = tempfile::tempdir()?;
-        let (url, stop) = local_server(&settings, sandbox, folders.path(), &[HOSTILE, BENIGN]).await?;
+        let (url, stop) = local_server(&settings, sandbox.clone(), folders.path(), &[HOSTILE, BENIGN]).await?;
         let end = Instant::now() + length;
         let counts = Arc::new(Counts::default());
         let mut hostile = Vec::new();
@@ -81,7 +82,7 @@ pub fn run(settings: Settings, length: Duration, json: bool) -> Result<ExitCode>
             let (url, counts) = (url.clone(), counts.clone());
             hostile.push(tokio::spawn(async move { attack(&url, worker, end, &counts).await }));
         }
-        let sampler = tokio::spawn(sample_rss(end));
+        let sampler = tokio::spawn(sample_rss(end, sandbox.clone()));
         let benign = connect(&url, BENIGN).await?;
         let mut samples = Vec::new();
         let mut benign_failures = 0;
@@ -117,7 +118,7 @@ pub fn run(settings: Settings, length: Duration, json: bool) -> Result<ExitCode>
             benign: Some(Latency::of(samples, benign_wall)),
             benign_failures,
             peak_rss_mb: peak,
-            final_rss_mb: rss_mb().unwrap_or(0.0),
+            final_rss_mb: rss_mb(&sandbox).unwrap_or(0.0),
             disk_mb: workspaces.iter().sum::<u64>() as f64 / 1048576.0,
             largest_workspace_mb: workspaces.iter().max().copied().unwrap_or(0) as f64 / 1048576.0,
             quota_mb_per_workspace: (limits.workspace_bytes >> 20) as f64,
@@ -205,18 +206,22 @@ async fn attack(url: &str, worker: usize, end: Instant, counts: &Counts) -> Resu
     Ok(())
 }
 
-/// Samples this process's RSS every 250 ms until `end`; returns the peak, in MB.
-async fn sample_rss(end: Instant) -> f64 {
+/// Samples the RSS of this process and its workers every 250 ms until `end`; returns the
+/// peak, in MB.
+async fn sample_rss(end: Instant, sandbox: Sandbox) -> f64 {
     let mut peak: f64 = 0.0;
     while Instant::now() < end {
-        peak = peak.max(rss_mb().unwrap_or(0.0));
+        peak = peak.max(rss_mb(&sandbox).unwrap_or(0.0));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     peak
 }
 
-fn rss_mb() -> Option<f64> {
-    status_mb("VmRSS")
+/// The RSS of this process and its worker processes together, in MB.
+fn rss_mb(sandbox: &Sandbox) -> Option<f64> {
+    let workers = sandbox.worker_pids();
+    let workers = workers.iter().filter(|&&pid| pid != 0).map(|pid| status_mb_of(&pid.to_string(), "VmRSS"));
+    std::iter::once(status_mb("VmRSS")).chain(workers).sum()
 }
 
 /// Bytes under `root` (file lengths).
