@@ -135,16 +135,9 @@ impl Row {
 /// What the calls go to: the sandbox in this process, or an MCP server over HTTP.
 enum Target {
     /// Each worker has a workspace, and a folder for its Python state.
-    InProcess {
-        sandbox: Sandbox,
-        runtime: String,
-        workspaces: Vec<(Workspace, PathBuf)>,
-    },
+    InProcess { sandbox: Sandbox, runtime: String, workspaces: Vec<(Workspace, PathBuf)> },
     /// Clients of a server that keeps no Python state, and of one that does.
-    Http {
-        stateless: Vec<RunningService<rmcp::RoleClient, ()>>,
-        stateful: Vec<RunningService<rmcp::RoleClient, ()>>,
-    },
+    Http { stateless: Vec<RunningService<rmcp::RoleClient, ()>>, stateful: Vec<RunningService<rmcp::RoleClient, ()>> },
 }
 
 impl Target {

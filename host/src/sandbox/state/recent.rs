@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use super::super::pagemap::PAGE;
 
-/// What the entries may hold together.
-const BUDGET: usize = 256 << 20;
+/// What the entries may hold together, per process that runs guests (each worker process has
+/// its own, and the pool sends a workspace's calls to the worker that ran it last).
+const BUDGET: usize = 128 << 20;
 
 /// One state's pages.
 pub struct Pages {
@@ -72,8 +73,8 @@ impl Recent {
     }
 
     /// Keeps a copy of the pages `index` of `memory` as the state in `dir` whose manifest has
-    /// fingerprint `manifest` (replacing what was kept for it), unless it alone is over half
-    /// the budget.
+    /// fingerprint `manifest` (replacing what was kept for it), unless it alone is over the
+    /// budget.
     pub fn put(&self, dir: &Path, manifest: u64, index: Vec<u32>, memory: &[u8]) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let old = entries.by_dir.remove(dir).map(|(old, _)| {
@@ -81,7 +82,7 @@ impl Recent {
             old
         });
         drop(entries);
-        if index.len() * PAGE > BUDGET / 2 {
+        if index.len() * PAGE > BUDGET {
             return;
         }
         let buffer = old.and_then(|old| Arc::try_unwrap(old).ok()).map(|old| old.data).unwrap_or_default();
