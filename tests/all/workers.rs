@@ -1,5 +1,5 @@
-//! Worker processes: a worker that dies loses only the call it ran and is replaced; guests on
-//! threads (worker processes off) still run.
+//! Worker processes: a worker that dies loses only the call it ran and is replaced, and holds
+//! none of the server's environment; guests on threads (worker processes off) still run.
 
 use std::time::Duration;
 
@@ -31,6 +31,17 @@ async fn a_killed_worker_loses_only_its_call_and_is_replaced() {
     let pids = sandbox.worker_pids();
     assert_eq!(pids.len(), 2, "one worker per slot: {pids:?}");
     assert!(pids.iter().all(|&pid| pid != 0 && pid != std::process::id()), "{pids:?}");
+    // A worker inherits none of the server's environment beyond what it needs (this test
+    // process has CARGO_* variables, for one).
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).expect("a worker's environment");
+    let names: Vec<String> = environ
+        .split(|&b| b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| String::from_utf8_lossy(entry.split(|&b| b == b'=').next().unwrap_or_default()).into_owned())
+        .collect();
+    let allowed = ["PATH", "HOME", "TMPDIR", "LANG", "TOOLHOST_LOG", "TOOLHOST_LOG_FORMAT", "TOOLHOST_PYTHON"];
+    assert!(names.iter().all(|name| allowed.contains(&name.as_str()) || name.starts_with("RUST_")), "{names:?}");
+    assert!(std::env::vars().any(|(name, _)| name.starts_with("CARGO_")), "the test itself has CARGO_* variables");
     let (_a, doomed_ws) = workspace();
     let (_b, other_ws) = workspace();
 

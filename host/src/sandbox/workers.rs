@@ -32,6 +32,9 @@ use wire::{FromWorker, ToWorker, Tree};
 const GRACE: Duration = Duration::from_secs(5);
 /// How long a worker may take to load runtimes that are already in the cache.
 const READY_WAIT: Duration = Duration::from_secs(300);
+/// The environment variables a worker keeps (with every `RUST_*`).
+const INHERITED_ENV: &[&str] =
+    &["PATH", "HOME", "TMPDIR", "LANG", "TOOLHOST_LOG", "TOOLHOST_LOG_FORMAT", "TOOLHOST_PYTHON"];
 /// Workspaces whose last worker is remembered (so their next call finds its state in memory).
 const AFFINITY: usize = 4096;
 
@@ -359,7 +362,16 @@ fn budget(io: &JobIo, tree: Tree) -> &dyn wasmtime_wasi::filesystem::Budget {
 async fn start_worker(shared: &Arc<Shared>, worker: usize, generation: u64) -> Result<()> {
     let launch = &shared.launch;
     let (front, child_end) = std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?;
-    let mut child = tokio::process::Command::new(&launch.exe)
+    let mut command = tokio::process::Command::new(&launch.exe);
+    // A worker gets none of the server's secrets (tokens, OAuth settings): only what logging,
+    // temporary files and a runtime check need.
+    command.env_clear();
+    for (name, value) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| INHERITED_ENV.contains(&name) || name.starts_with("RUST_")) {
+            command.env(name, value);
+        }
+    }
+    let mut child = command
         .arg("worker")
         .stdin(Stdio::from(OwnedFd::from(child_end)))
         .stdout(Stdio::null())
