@@ -70,7 +70,8 @@ pub struct SandboxConfig {
     /// Run guests in worker processes (one per `max_concurrency`), not on threads here.
     #[serde(default)]
     pub worker_processes: bool,
-    /// The binary started as `toolhost worker`; `None`: this one.
+    /// The binary started as `toolhost worker`; `None`: this one (its running image, even if
+    /// the file was replaced since).
     #[serde(default)]
     pub worker_exe: Option<PathBuf>,
 }
@@ -223,8 +224,12 @@ impl Sandbox {
     ) -> Result<Sandbox> {
         let started = Instant::now();
         let exec = if config.worker_processes {
+            // This very binary, even once an upgrade replaced the file: a worker must speak
+            // the server's wire format.
+            let this_binary = PathBuf::from("/proc/self/exe");
             let exe = match &config.worker_exe {
                 Some(exe) => exe.clone(),
+                None if this_binary.exists() => this_binary,
                 None => std::env::current_exe().context("cannot find the toolhost binary to start workers")?,
             };
             Exec::Workers(workers::Pool::start(workers::Launch {
@@ -281,6 +286,14 @@ impl Sandbox {
         match &self.inner.exec {
             Exec::Workers(pool) => pool.pids(),
             Exec::Threads(_) => Vec::new(),
+        }
+    }
+
+    /// How many worker processes are ready for calls; `None` when guests run on threads.
+    pub fn workers_up(&self) -> Option<usize> {
+        match &self.inner.exec {
+            Exec::Workers(pool) => Some(pool.pids().iter().filter(|&&pid| pid != 0).count()),
+            Exec::Threads(_) => None,
         }
     }
 

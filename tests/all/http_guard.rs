@@ -219,9 +219,13 @@ async fn health_readiness_and_metrics_answer() {
         "toolhost_queue_depth",
         "toolhost_fuel_used",
         "toolhost_sessions_active",
+        "toolhost_worker_resident_bytes{worker=",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
+    let workers = server.app.services.sandbox.get().expect("ready").worker_pids().len();
+    assert!(workers > 0, "the server runs guests in worker processes");
+    assert!(metrics.contains(&format!("toolhost_worker_processes_up {workers}")), "{metrics}");
     assert!(metrics.contains("tool=\"code_interpreter\""), "{metrics}");
 }
 

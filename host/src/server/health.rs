@@ -44,6 +44,12 @@ async fn readyz(State(Health { app, oauth }): State<Health>) -> impl IntoRespons
         );
     }
     match app.services.sandbox.state() {
+        Readiness::Ready(sandbox) if sandbox.workers_up() == Some(0) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                json!({"status": "no_worker", "error": "every worker process is restarting; calls wait for one"}),
+            ),
+        ),
         Readiness::Ready(_) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
         Readiness::Preparing => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "preparing"}))),
         Readiness::Failed(error) => {
@@ -64,6 +70,9 @@ async fn metrics(State(Health { app, .. }): State<Health>) -> impl IntoResponse 
         let stats = sandbox.stats();
         metrics::gauge!("toolhost_instances_in_flight").set(stats.running as f64);
         metrics::gauge!("toolhost_queue_depth").set(stats.waiting as f64);
+        if let Some(up) = sandbox.workers_up() {
+            metrics::gauge!("toolhost_worker_processes_up").set(up as f64);
+        }
     }
     metrics::gauge!("toolhost_sessions_active").set(app.sessions.live() as f64);
     handle.run_upkeep();
