@@ -243,7 +243,7 @@ impl Sandbox {
         };
         tracing::info!(
             runtimes = runtimes.iter().map(|r| r.name()).collect::<Vec<_>>().join(","),
-            worker_processes = config.worker_processes.then_some(config.max_concurrency.max(1)).unwrap_or(0),
+            worker_processes = if config.worker_processes { config.max_concurrency.max(1) } else { 0 },
             ms = started.elapsed().as_millis() as u64,
             "sandbox started"
         );

@@ -256,7 +256,7 @@ impl Shared {
     fn lost(self: &Arc<Self>, worker: usize, generation: u64, why: &str) {
         {
             let mut slots = lock(&self.slots);
-            if !slots[worker].link.as_ref().is_some_and(|link| link.generation == generation) {
+            if slots[worker].link.as_ref().is_none_or(|link| link.generation != generation) {
                 return;
             }
             slots[worker] = Slot::default();
