@@ -19,6 +19,7 @@ mod prefault;
 mod prepare;
 pub mod readiness;
 mod snapshot;
+mod spawn;
 mod state;
 mod workers;
 

@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::job::{Done, Job, JobIo};
-use super::{SandboxConfig, StateReport, call, engine, outcome, output, prepare, state};
+use super::spawn::spawn_guest;
+use super::{SandboxConfig, StateReport, call, engine, output, prepare, state};
 use crate::progress::Progress;
 use crate::runtime::{Cache, InstalledRuntime};
 
@@ -116,40 +117,4 @@ impl Local {
             state,
         })
     }
-}
-
-/// Runs a guest on the sandbox's threads. At its deadline or cancellation the guest is dropped,
-/// wherever it is: one that computes yields every `engine::YIELD_FUEL` units of fuel, one
-/// blocked in a host call (e.g. `time.sleep`) is waiting on a future. The result is sent before
-/// the spent store is dropped, so the caller does not wait for its memory to be reset.
-pub(super) fn spawn_guest(
-    executor: &tokio::runtime::Handle,
-    prepared: Arc<call::Prepared>,
-    engine: wasmtime::Engine,
-    run: call::GuestRun,
-) -> tokio::sync::oneshot::Receiver<Result<outcome::Ran>> {
-    let deadline = tokio::time::Instant::from_std(run.deadline);
-    let cancel = run.cancel.clone();
-    let (result, receiver) = tokio::sync::oneshot::channel();
-    executor.spawn(async move {
-        let interrupted = |ending| Ok(outcome::Ran { ending, fuel_used: None, written: None });
-        tokio::select! {
-            ran = call::run(&prepared, &engine, run) => match ran {
-                Ok((ran, store)) => {
-                    let _ = result.send(Ok(ran));
-                    drop(store);
-                }
-                Err(e) => {
-                    let _ = result.send(Err(e));
-                }
-            },
-            () = tokio::time::sleep_until(deadline) => {
-                let _ = result.send(interrupted(outcome::Ending::Timeout));
-            }
-            () = cancel.cancelled() => {
-                let _ = result.send(interrupted(outcome::Ending::Cancelled));
-            }
-        }
-    });
-    receiver
 }

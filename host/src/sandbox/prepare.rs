@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::local::spawn_guest;
+use super::spawn::spawn_guest;
 use super::{SandboxConfig, call, engine, guest, outcome, output, prefault, snapshot, state};
 use crate::progress::Progress;
 use crate::runtime::{Cache, FileRole, InstalledRuntime};
