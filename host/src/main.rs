@@ -20,15 +20,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Worker = cli.command {
-        // A worker reads no configuration: its server sends what it needs. It logs as the
-        // environment says (it inherits the server's) to the server's stderr.
-        init_logging(
-            cli.global.log_format.unwrap_or(LogFormat::Text),
-            cli.global.log.as_deref().unwrap_or(toolhost::config::DEFAULT_LOG_FILTER),
-        );
-        return commands::worker::run();
-    }
     let flags = match &cli.command {
         Command::Serve(args) => {
             Flags { limits: args.limits.clone(), app: args.app.clone(), server: args.server.clone() }
@@ -38,7 +29,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => Flags { limits: args.limits.clone(), ..Flags::default() },
         Command::Runtime(_) | Command::Prepare => Flags::default(),
         Command::Tools(args) => Flags { app: args.app.clone(), ..Flags::default() },
-        Command::Worker => unreachable!("answered above"),
+        Command::Worker => {
+            // A worker reads no configuration: its server sends what it needs. It logs as the
+            // environment says (it inherits the server's) to the server's stderr.
+            init_logging(
+                cli.global.log_format.unwrap_or(LogFormat::Text),
+                cli.global.log.as_deref().unwrap_or(toolhost::config::DEFAULT_LOG_FILTER),
+            );
+            return commands::worker::run();
+        }
         Command::Config => {
             print!("{}", toolhost::config::reference());
             return Ok(ExitCode::SUCCESS);

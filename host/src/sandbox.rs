@@ -224,6 +224,7 @@ impl Sandbox {
         progress: &Progress,
     ) -> Result<Sandbox> {
         let started = Instant::now();
+        let runtime_names: Vec<String> = runtimes.iter().map(|r| r.name().to_string()).collect();
         let exec = if config.worker_processes {
             // This very binary, even once an upgrade replaced the file: a worker must speak
             // the server's wire format.
@@ -236,21 +237,21 @@ impl Sandbox {
             Exec::Workers(workers::Pool::start(workers::Launch {
                 exe,
                 config: config.clone(),
-                runtimes: runtimes.iter().map(|r| r.name().to_string()).collect(),
+                runtimes: runtime_names.clone(),
                 cache_dir: cache.root().to_path_buf(),
             })?)
         } else {
             Exec::Threads(local::Local::start(&config, runtimes, cache, progress)?)
         };
         tracing::info!(
-            runtimes = runtimes.iter().map(|r| r.name()).collect::<Vec<_>>().join(","),
+            runtimes = runtime_names.join(","),
             worker_processes = if config.worker_processes { config.max_concurrency.max(1) } else { 0 },
             ms = started.elapsed().as_millis() as u64,
             "sandbox started"
         );
         Ok(Sandbox {
             inner: Arc::new(Inner {
-                runtime_names: runtimes.iter().map(|r| r.name().to_string()).collect(),
+                runtime_names,
                 admission: admission::Admission::new(
                     config.max_concurrency,
                     config.queue_depth,

@@ -407,7 +407,12 @@ pub fn reset_peak_rss(workers: &[u32]) {
 
 /// The peak RSS since the last reset of this process and its worker processes together, in MB.
 pub fn peak_rss_mb(workers: &[u32]) -> Option<f64> {
-    processes(workers).map(|process| status_mb_of(&process, "VmHWM")).sum()
+    memory_mb(workers, "VmHWM")
+}
+
+/// A memory figure (e.g. `VmRSS`) of this process and its worker processes together, in MB.
+pub(super) fn memory_mb(workers: &[u32], field: &str) -> Option<f64> {
+    processes(workers).map(|process| status_mb(&process, field)).sum()
 }
 
 /// This process (`self`) and the worker processes running.
@@ -415,13 +420,8 @@ fn processes(workers: &[u32]) -> impl Iterator<Item = String> + '_ {
     std::iter::once("self".to_string()).chain(workers.iter().filter(|&&pid| pid != 0).map(u32::to_string))
 }
 
-/// A memory figure of this process from /proc/self/status (e.g. `VmRSS`), in MB.
-pub(super) fn status_mb(field: &str) -> Option<f64> {
-    status_mb_of("self", field)
-}
-
 /// A memory figure of process `process` (a pid, or `self`) from its /proc status, in MB.
-pub(super) fn status_mb_of(process: &str, field: &str) -> Option<f64> {
+fn status_mb(process: &str, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -19,7 +19,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde::Serialize;
 
-use super::bench::{Latency, local_server, status_mb, status_mb_of};
+use super::bench::{Latency, local_server, memory_mb};
 use crate::config::Settings;
 use crate::progress::Progress;
 use crate::sandbox::Sandbox;
@@ -219,9 +219,7 @@ async fn sample_rss(end: Instant, sandbox: Sandbox) -> f64 {
 
 /// The RSS of this process and its worker processes together, in MB.
 fn rss_mb(sandbox: &Sandbox) -> Option<f64> {
-    let workers = sandbox.worker_pids();
-    let workers = workers.iter().filter(|&&pid| pid != 0).map(|pid| status_mb_of(&pid.to_string(), "VmRSS"));
-    std::iter::once(status_mb("VmRSS")).chain(workers).sum()
+    memory_mb(&sandbox.worker_pids(), "VmRSS")
 }
 
 /// Bytes under `root` (file lengths).

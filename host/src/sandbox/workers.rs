@@ -181,24 +181,21 @@ impl Pool {
         );
         let mut job = job;
         let stdin = std::mem::take(&mut job.stdin);
+        // Unless the job's end arrives, leaving stops its guest (cancelled, dropped, or killed).
         let mut guard = StopOnDrop { link: Some(link.clone()), job: id };
         let _ = link.send.send(wire::frame(&ToWorker::Start { job: id, spec: job }, &stdin));
-        let ended = tokio::select! {
-            ended = result => ended.unwrap_or_else(|_| Err(anyhow!("the worker pool dropped the call"))),
-            () = cancel.cancelled() => {
-                let _ = link.send.send(wire::frame(&ToWorker::Cancel { job: id }, &[]));
+        tokio::select! {
+            ended = result => {
                 guard.link = None;
-                Ok(Done::interrupted(Ending::Cancelled))
+                ended.unwrap_or_else(|_| Err(anyhow!("the worker pool dropped the call")))
             }
+            () = cancel.cancelled() => Ok(Done::interrupted(Ending::Cancelled)),
             () = tokio::time::sleep_until(deadline + GRACE) => {
-                guard.link = None;
                 tracing::warn!(worker, pid = link.pid, "a worker process did not end a call at its deadline; killing it");
                 kill(link.pid);
                 Ok(Done::interrupted(Ending::Timeout))
             }
-        };
-        guard.link = None;
-        ended
+        }
     }
 }
 
@@ -270,9 +267,7 @@ impl Shared {
                 .collect();
             ids.into_iter().filter_map(|id| jobs.remove(&id)).collect()
         };
-        if !lost.is_empty() || !why.is_empty() {
-            tracing::warn!(worker, calls = lost.len(), "a worker process ended ({why}); starting another");
-        }
+        tracing::warn!(worker, calls = lost.len(), "a worker process ended ({why}); starting another");
         for mut pending in lost {
             if let Some(done) = pending.done.take() {
                 let _ = done.send(Err(anyhow!(
