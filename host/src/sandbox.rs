@@ -6,6 +6,7 @@
 mod admission;
 mod cached;
 mod call;
+mod dirty;
 mod door;
 mod engine;
 mod guest;

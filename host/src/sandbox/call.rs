@@ -15,6 +15,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use super::dirty::Tracker;
 use super::door::{self, HostTools};
 use super::guest;
 use super::outcome::{Ending, Ran};
@@ -323,17 +324,19 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
     // Set when a damaged state was found half-written: the next instance starts fresh, and the
     // call's state replaces the damaged one.
     let mut spoiled = false;
-    let (mut store, instance) = loop {
+    // `tracker` tells the pages the instance writes, when the kernel does (`dirty`).
+    let (mut store, instance, tracker) = loop {
         let mut store = store(engine, &prepared.layout, &args, &env, &run)?;
         let instance = match prepared.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(e) => return Ok((Ran { ending: ending_of(e)?, fuel_used: None, written: None }, store)),
         };
-        let (Some(state), Some(memory), false) = (keeper.as_mut(), instance.get_memory(&mut store, "memory"), spoiled)
-        else {
-            break (store, instance);
+        let memory = instance.get_memory(&mut store, "memory");
+        let tracker = memory.and_then(|memory| fresh_memory(prepared, &mut store, memory));
+        let (Some(state), Some(memory), false) = (keeper.as_mut(), memory, spoiled) else {
+            break (store, instance, tracker);
         };
-        match state.restore(&mut store, memory, run.limits.memory_bytes) {
+        match state.restore(&mut store, memory, run.limits.memory_bytes, tracker) {
             Restore::Restored => {
                 // wasi-libc's table of preopened folders is in the restored memory: it is read
                 // afresh from this call's WASI context, as in a fresh instance.
@@ -342,21 +345,14 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
                     .call_async(&mut store, ())
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot reset the preopens of a restored state: {e:#}"))?;
-                break (store, instance);
+                break (store, instance, tracker);
             }
-            Restore::Fresh => break (store, instance),
+            Restore::Fresh => break (store, instance, tracker),
             // Part of a damaged state is in this instance: start over in a new one.
             Restore::Spoiled => spoiled = true,
         }
     };
     let memory = instance.get_memory(&mut store, "memory");
-    if let (Some(set), Some(memory)) = (&prepared.write_set, memory) {
-        let base = memory.data_ptr(&store);
-        let first_use = prepared.populated.lock().unwrap_or_else(|p| p.into_inner()).insert(base as usize);
-        if first_use {
-            set.prefault(memory.data_mut(&mut store));
-        }
-    }
     store.set_fuel(run.limits.fuel)?;
 
     let (driven, at_rest) = match prepared.kind {
@@ -374,7 +370,7 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
         _ => store.get_fuel().ok().map(|left| run.limits.fuel.saturating_sub(left)),
     };
     if let (Some(state), Some(memory)) = (keeper, memory) {
-        keep_state(state, &mut store, instance, memory, &driven, at_rest, &run).await?;
+        keep_state(state, &mut store, instance, memory, &driven, at_rest, &run, tracker).await?;
     }
     let written = match memory {
         Some(memory) if run.learn => WriteSet::learn(memory.data_ptr(&store), memory.data_size(&store)).ok(),
@@ -412,6 +408,7 @@ async fn keep_state(
     ending: &Ending,
     at_rest: bool,
     run: &GuestRun,
+    tracker: Option<&Tracker>,
 ) -> Result<()> {
     let status = super::outcome::classify(
         ending,
@@ -431,8 +428,37 @@ async fn keep_state(
             return Ok(());
         }
     }
-    state.save(store, memory);
+    let written = tracker.and_then(|tracker| match tracker.written(memory.data(&*store)) {
+        Ok(written) => Some(written),
+        Err(e) => {
+            tracing::debug!("cannot list the pages a call wrote ({e}); they are found by comparing");
+            None
+        }
+    });
+    state.save(store, memory, written);
     Ok(())
+}
+
+/// Readies a new instance's memory, which holds the runtime's image: the pages a typical call
+/// writes are populated the first time a pool slot hosts the runtime, then the memory is
+/// write-protected so that the pages this call writes are known (`dirty`). Returns what tells
+/// them, when the kernel does.
+fn fresh_memory(prepared: &Prepared, store: &mut Store<CallState>, memory: Memory) -> Option<&'static Tracker> {
+    if let Some(set) = &prepared.write_set {
+        let base = memory.data_ptr(&*store);
+        let first_use = prepared.populated.lock().unwrap_or_else(|p| p.into_inner()).insert(base as usize);
+        if first_use {
+            set.prefault(memory.data_mut(&mut *store));
+        }
+    }
+    let tracker = super::dirty::tracker()?;
+    match tracker.protect(memory.data_mut(&mut *store)) {
+        Ok(()) => Some(tracker),
+        Err(e) => {
+            tracing::debug!("cannot write-protect a guest's memory ({e}); its written pages are found by comparing");
+            None
+        }
+    }
 }
 
 /// The reactor's exports a turn needs.

@@ -204,18 +204,29 @@ mod tests {
         let engine = SandboxEngine::new(EngineLimits { slots: 1, max_memory_bytes: 64 << 20 }).expect("engine");
         let module = Module::new(&engine.engine, DIRTY).expect("module");
         let linker = wasmtime::Linker::<()>::new(&engine.engine);
-        // 3000 runs of one page, over 24 MiB: more than KEEP_RESIDENT holds.
-        for pages in [40, 3000, 3000] {
+        let tracker = super::super::dirty::tracker().expect("userfaultfd write-protection (Linux 6.7+)");
+        // 3000 runs of one page, over 24 MiB: more than KEEP_RESIDENT holds. Instances whose
+        // memory is write-protected (as every call's is) and instances whose memory is not, in
+        // turn, each writing fewer or more pages than the one before.
+        for (pages, protected) in [(40, true), (3000, true), (40, true), (3000, false), (40, true), (3000, true)] {
             let mut store = wasmtime::Store::new(&engine.engine, ());
             store.set_fuel(u64::MAX).expect("fuel");
             let instance = linker.instantiate_async(&mut store, &module).await.expect("instance");
-            let left = instance.get_typed_func::<i32, i32>(&mut store, "left").expect("left");
-            assert_eq!(left.call_async(&mut store, pages).await.expect("left"), 0, "a fresh instance sees zeros");
             let memory = instance.get_memory(&mut store, "memory").expect("memory");
+            if protected {
+                tracker.protect(memory.data_mut(&mut store)).expect("protect");
+            }
+            let left = instance.get_typed_func::<i32, i32>(&mut store, "left").expect("left");
+            assert_eq!(left.call_async(&mut store, 3000).await.expect("left"), 0, "a fresh instance sees zeros");
             assert_eq!(&memory.data(&store)[..5], b"image");
             let dirty = instance.get_typed_func::<i32, ()>(&mut store, "dirty").expect("dirty");
             dirty.call_async(&mut store, pages).await.expect("dirty");
             assert_eq!(left.call_async(&mut store, pages).await.expect("left"), 171 * pages);
+            if protected {
+                // Exactly the pages written: every other page from 64 KiB in.
+                let expected: Vec<u32> = (0..pages as u32).map(|i| 16 + 2 * i).collect();
+                assert_eq!(tracker.written(memory.data(&store)).expect("written"), expected);
+            }
         }
     }
 

@@ -24,8 +24,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use wasmtime::{Memory, Store};
 
+use super::dirty::Tracker;
 use super::pagemap::{self, PAGE};
-use super::prefault::WriteSet;
 use disk::{Layer, Manifest};
 
 /// A call's use of its workspace's state.
@@ -129,8 +129,14 @@ impl Keeper {
 
     /// Writes the saved state into a fresh instance's `memory`, unless there is none, the call
     /// asked for a fresh start, or it cannot be used (then says why). `max_memory` is the call's
-    /// memory limit.
-    pub fn restore<T>(&mut self, store: &mut Store<T>, memory: Memory, max_memory: u64) -> Restore {
+    /// memory limit; `tracker`, when the memory is write-protected by it.
+    pub fn restore<T>(
+        &mut self,
+        store: &mut Store<T>,
+        memory: Memory,
+        max_memory: u64,
+        tracker: Option<&Tracker>,
+    ) -> Restore {
         let started = Instant::now();
         let found = match Manifest::read(&self.request.dir) {
             Ok(found) => found,
@@ -161,8 +167,14 @@ impl Keeper {
         }
         let data = memory.data_mut(&mut *store);
         let dir = &self.request.dir;
-        // One system call per run of pages instead of a page fault per page.
-        WriteSet::runs(manifest.pages.keys().map(|&page| page as usize)).prefault(data);
+        // Every page of the state is about to be written: lifting their protection in runs costs
+        // less than a fault per page. (Populating them first, as `prefault` does, costs more
+        // than it saves: the pages are copied from the image only to be overwritten.)
+        if let Some(tracker) = tracker
+            && let Err(e) = tracker.unprotect(data, manifest.pages.keys().copied())
+        {
+            tracing::debug!("cannot lift the write-protection of a state's pages ({e}); they fault instead");
+        }
         let kept = self.recent.get(dir, manifest.fingerprint());
         // Pages this process saved are trusted as they are; pages read from disk are checked.
         if !kept.is_some_and(|pages| pages.write_into(data)) {
@@ -197,13 +209,14 @@ impl Keeper {
     /// Saves the instance's state after a call that ended at rest: the pages that changed
     /// since the state it started from, as a new layer, or the whole state as one layer when
     /// the layers have grown past it. Over the budget, nothing is saved and the state from
-    /// before the call stays.
-    pub fn save<T>(self, store: &Store<T>, memory: Memory) {
+    /// before the call stays. `written` lists the pages written since the instance started
+    /// (`dirty`), when the kernel told.
+    pub fn save<T>(self, store: &Store<T>, memory: Memory, written: Option<Vec<u32>>) {
         let started = Instant::now();
         let data = memory.data(store);
         let base = if self.restored { self.found.as_ref() } else { None };
         let mut pages = base.map(|m| m.pages.clone()).unwrap_or_default();
-        let changed = self.changed_pages(data, &mut pages);
+        let changed = self.changed_pages(data, &mut pages, written);
         let next_layer = self.found.as_ref().map_or(1, |m| m.next_layer);
         let mut manifest = Manifest::new(&self.baseline.id, data.len() as u64, next_layer);
         manifest.pages = pages;
@@ -220,7 +233,9 @@ impl Keeper {
             let compact = layers.is_empty() || layers.len() >= MAX_LAYERS || deltas > COMPACT_RATIO * base_bytes;
             if !compact {
                 manifest.layers = layers;
-                self.append(&mut manifest, data, &changed, &mut written)?;
+                // Deltas are stored as they are: compressing costs more than writing the pages
+                // (LZ4 gains about a third on CPython's heap); the rewrite compresses.
+                self.append(&mut manifest, data, &changed, false, &mut written)?;
                 if manifest.bytes() <= self.request.budget_bytes {
                     return Ok(true);
                 }
@@ -229,7 +244,7 @@ impl Keeper {
             manifest.pages.retain(|&page, hash| *hash != self.baseline.image_hash(page as usize));
             manifest.layers.clear();
             let all: Vec<u32> = manifest.pages.keys().copied().collect();
-            self.append(&mut manifest, data, &all, &mut written)?;
+            self.append(&mut manifest, data, &all, true, &mut written)?;
             Ok(manifest.bytes() <= self.request.budget_bytes)
         });
         let mut report = self.report();
@@ -239,7 +254,15 @@ impl Keeper {
                     report.saved = true;
                     report.bytes = manifest.bytes();
                     let pages = manifest.pages.keys().copied().collect();
-                    self.recent.put(&self.request.dir, manifest.fingerprint(), pages, data);
+                    let fingerprint = manifest.fingerprint();
+                    self.recent.put(
+                        &self.request.dir,
+                        fingerprint,
+                        pages,
+                        data,
+                        base.map(Manifest::fingerprint),
+                        &changed,
+                    );
                 }
                 Err(e) => report.note = Some(format!("the Python state could not be saved ({e})")),
             },
@@ -269,42 +292,47 @@ impl Keeper {
         );
     }
 
-    /// Writes `pages` of `data` as the manifest's next layer.
+    /// Writes `pages` of `data` as the manifest's next layer, compressed if `compress`.
     fn append(
         &self,
         manifest: &mut Manifest,
         data: &[u8],
         pages: &[u32],
+        compress: bool,
         written: &mut Vec<u64>,
     ) -> std::io::Result<()> {
         let id = manifest.next_layer;
         written.push(id);
-        let bytes = disk::write_layer(&self.request.dir, id, data, pages)?;
+        let bytes = disk::write_layer(&self.request.dir, id, data, pages, compress)?;
         manifest.layers.push(Layer { id, bytes });
         manifest.next_layer = id + 1;
         Ok(())
     }
 
     /// The pages of `data` that differ from what `pages` (or else the image) says they hold,
-    /// sorted; `pages` is updated to their new hashes. Only private pages can have changed
-    /// (pagemap); where that cannot be read, every page is looked at.
-    fn changed_pages(&self, data: &[u8], pages: &mut std::collections::BTreeMap<u32, u128>) -> Vec<u32> {
+    /// sorted; `pages` is updated to their new hashes. Only `written` pages can have changed: a
+    /// page of the saved state was written by the restore, and every other page not written
+    /// still holds the image. Without `written`, the private pages (pagemap) are looked at, and
+    /// where that cannot be read, every page.
+    fn changed_pages(
+        &self,
+        data: &[u8],
+        pages: &mut std::collections::BTreeMap<u32, u128>,
+        written: Option<Vec<u32>>,
+    ) -> Vec<u32> {
         let count = data.len() / PAGE;
-        let private: Vec<bool> = match pagemap::entries(data.as_ptr(), data.len()) {
-            Ok(entries) => entries.iter().map(|e| e.private()).collect(),
-            Err(_) => vec![true; count],
-        };
+        let candidates = written.unwrap_or_else(|| match pagemap::entries(data.as_ptr(), data.len()) {
+            Ok(entries) => (0..count as u32).filter(|&page| entries[page as usize].private()).collect(),
+            Err(_) => (0..count as u32).collect(),
+        });
         let mut changed = Vec::new();
-        for page in self.baseline.stack_pages..count {
-            if !private[page] {
-                continue;
-            }
-            let content = hash(&data[page * PAGE..(page + 1) * PAGE]);
-            let key = page as u32;
-            let before = pages.get(&key).copied().unwrap_or_else(|| self.baseline.image_hash(page));
+        for page in candidates.into_iter().filter(|&page| page as usize >= self.baseline.stack_pages) {
+            let Some(content) = data.get(page as usize * PAGE..(page as usize + 1) * PAGE) else { continue };
+            let content = hash(content);
+            let before = pages.get(&page).copied().unwrap_or_else(|| self.baseline.image_hash(page as usize));
             if content != before {
-                pages.insert(key, content);
-                changed.push(key);
+                pages.insert(page, content);
+                changed.push(page);
             }
         }
         changed

@@ -36,6 +36,17 @@ impl Pages {
         Pages { manifest, index, data }
     }
 
+    /// Copies `changed` (each one of `index`) from `memory` over what is kept for them.
+    fn update(&mut self, manifest: u64, memory: &[u8], changed: &[u32]) {
+        self.manifest = manifest;
+        for &page in changed {
+            if let Ok(at) = self.index.binary_search(&page) {
+                let start = page as usize * PAGE;
+                self.data[at * PAGE..(at + 1) * PAGE].copy_from_slice(&memory[start..start + PAGE]);
+            }
+        }
+    }
+
     /// Writes the pages into `memory`; `false` (and nothing written) if one lies outside it.
     pub fn write_into(&self, memory: &mut [u8]) -> bool {
         if self.index.last().is_some_and(|&last| (last as usize + 1) * PAGE > memory.len()) {
@@ -74,8 +85,9 @@ impl Recent {
 
     /// Keeps a copy of the pages `index` of `memory` as the state in `dir` whose manifest has
     /// fingerprint `manifest` (replacing what was kept for it), unless it alone is over the
-    /// budget.
-    pub fn put(&self, dir: &Path, manifest: u64, index: Vec<u32>, memory: &[u8]) {
+    /// budget. When what is kept is the state with fingerprint `base`, with the same pages, and
+    /// only `changed` differ from it, only those are copied.
+    pub fn put(&self, dir: &Path, manifest: u64, index: Vec<u32>, memory: &[u8], base: Option<u64>, changed: &[u32]) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let old = entries.by_dir.remove(dir).map(|(old, _)| {
             entries.bytes -= old.data.len();
@@ -85,8 +97,14 @@ impl Recent {
         if index.len() * PAGE > BUDGET {
             return;
         }
-        let buffer = old.and_then(|old| Arc::try_unwrap(old).ok()).map(|old| old.data).unwrap_or_default();
-        let pages = Pages::copy(manifest, index, memory, buffer);
+        let pages = match old.and_then(|old| Arc::try_unwrap(old).ok()) {
+            Some(mut old) if Some(old.manifest) == base && old.index == index => {
+                old.update(manifest, memory, changed);
+                old
+            }
+            // A buffer whose pages are already mapped costs no page faults.
+            old => Pages::copy(manifest, index, memory, old.map(|old| old.data).unwrap_or_default()),
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         while entries.bytes + pages.data.len() > BUDGET {
             let Some(oldest) = entries.by_dir.iter().min_by_key(|(_, (_, used))| *used).map(|(dir, _)| dir.clone())
