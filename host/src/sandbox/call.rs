@@ -324,8 +324,7 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
     // Set when a damaged state was found half-written: the next instance starts fresh, and the
     // call's state replaces the damaged one.
     let mut spoiled = false;
-    // `tracker` tells the pages the instance writes, when the kernel does (`dirty`).
-    let (mut store, instance, tracker) = loop {
+    let (mut store, instance) = loop {
         let mut store = store(engine, &prepared.layout, &args, &env, &run)?;
         let instance = match prepared.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
@@ -333,10 +332,13 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
         };
         let memory = instance.get_memory(&mut store, "memory");
         let tracker = memory.and_then(|memory| fresh_memory(prepared, &mut store, memory));
+        if let Some(state) = keeper.as_mut() {
+            state.track(tracker);
+        }
         let (Some(state), Some(memory), false) = (keeper.as_mut(), memory, spoiled) else {
-            break (store, instance, tracker);
+            break (store, instance);
         };
-        match state.restore(&mut store, memory, run.limits.memory_bytes, tracker) {
+        match state.restore(&mut store, memory, run.limits.memory_bytes) {
             Restore::Restored => {
                 // wasi-libc's table of preopened folders is in the restored memory: it is read
                 // afresh from this call's WASI context, as in a fresh instance.
@@ -345,9 +347,9 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
                     .call_async(&mut store, ())
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot reset the preopens of a restored state: {e:#}"))?;
-                break (store, instance, tracker);
+                break (store, instance);
             }
-            Restore::Fresh => break (store, instance, tracker),
+            Restore::Fresh => break (store, instance),
             // Part of a damaged state is in this instance: start over in a new one.
             Restore::Spoiled => spoiled = true,
         }
@@ -370,7 +372,7 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
         _ => store.get_fuel().ok().map(|left| run.limits.fuel.saturating_sub(left)),
     };
     if let (Some(state), Some(memory)) = (keeper, memory) {
-        keep_state(state, &mut store, instance, memory, &driven, at_rest, &run, tracker).await?;
+        keep_state(state, &mut store, instance, memory, &driven, at_rest, &run).await?;
     }
     let written = match memory {
         Some(memory) if run.learn => WriteSet::learn(memory.data_ptr(&store), memory.data_size(&store)).ok(),
@@ -408,7 +410,6 @@ async fn keep_state(
     ending: &Ending,
     at_rest: bool,
     run: &GuestRun,
-    tracker: Option<&Tracker>,
 ) -> Result<()> {
     let status = super::outcome::classify(
         ending,
@@ -428,14 +429,7 @@ async fn keep_state(
             return Ok(());
         }
     }
-    let written = tracker.and_then(|tracker| match tracker.written(memory.data(&*store)) {
-        Ok(written) => Some(written),
-        Err(e) => {
-            tracing::debug!("cannot list the pages a call wrote ({e}); they are found by comparing");
-            None
-        }
-    });
-    state.save(store, memory, written);
+    state.save(store, memory);
     Ok(())
 }
 

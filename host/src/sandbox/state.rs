@@ -53,10 +53,8 @@ pub struct StateReport {
     pub note: Option<String>,
 }
 
-/// Deltas may outweigh the base this many times before the state is rewritten as one layer.
+/// The delta may outweigh the base this many times before the state is rewritten as one layer.
 const COMPACT_RATIO: u64 = 2;
-/// The most layers a state has; a restore reads each.
-const MAX_LAYERS: usize = 12;
 
 /// What states of one runtime are relative to: its snapshot's memory image.
 #[derive(Debug)]
@@ -107,6 +105,8 @@ pub(super) struct Keeper {
     restored: bool,
     /// The states this process saved last, in memory.
     recent: Arc<Recent>,
+    /// What tells the pages the instance writes, when its memory is write-protected (`dirty`).
+    tracker: Option<&'static Tracker>,
 }
 
 impl Keeper {
@@ -116,7 +116,12 @@ impl Keeper {
         report: Arc<Mutex<StateReport>>,
         recent: Arc<Recent>,
     ) -> Keeper {
-        Keeper { request, baseline, report, found: None, restored: false, recent }
+        Keeper { request, baseline, report, found: None, restored: false, recent, tracker: None }
+    }
+
+    /// The instance about to be restored into has its memory write-protected by `tracker`.
+    pub fn track(&mut self, tracker: Option<&'static Tracker>) {
+        self.tracker = tracker;
     }
 
     fn report(&self) -> std::sync::MutexGuard<'_, StateReport> {
@@ -129,14 +134,8 @@ impl Keeper {
 
     /// Writes the saved state into a fresh instance's `memory`, unless there is none, the call
     /// asked for a fresh start, or it cannot be used (then says why). `max_memory` is the call's
-    /// memory limit; `tracker`, when the memory is write-protected by it.
-    pub fn restore<T>(
-        &mut self,
-        store: &mut Store<T>,
-        memory: Memory,
-        max_memory: u64,
-        tracker: Option<&Tracker>,
-    ) -> Restore {
+    /// memory limit.
+    pub fn restore<T>(&mut self, store: &mut Store<T>, memory: Memory, max_memory: u64) -> Restore {
         let started = Instant::now();
         let found = match Manifest::read(&self.request.dir) {
             Ok(found) => found,
@@ -170,7 +169,7 @@ impl Keeper {
         // Every page of the state is about to be written: lifting their protection in runs costs
         // less than a fault per page. (Populating them first, as `prefault` does, costs more
         // than it saves: the pages are copied from the image only to be overwritten.)
-        if let Some(tracker) = tracker
+        if let Some(tracker) = self.tracker
             && let Err(e) = tracker.unprotect(data, manifest.pages.keys().copied())
         {
             tracing::debug!("cannot lift the write-protection of a state's pages ({e}); they fault instead");
@@ -209,18 +208,24 @@ impl Keeper {
     /// Saves the instance's state after a call that ended at rest: the pages that changed
     /// since the state it started from, as a new layer, or the whole state as one layer when
     /// the layers have grown past it. Over the budget, nothing is saved and the state from
-    /// before the call stays. `written` lists the pages written since the instance started
-    /// (`dirty`), when the kernel told.
-    pub fn save<T>(self, store: &Store<T>, memory: Memory, written: Option<Vec<u32>>) {
+    /// before the call stays.
+    pub fn save<T>(self, store: &Store<T>, memory: Memory) {
         let started = Instant::now();
         let data = memory.data(store);
+        let written = self.tracker.and_then(|tracker| match tracker.written(data) {
+            Ok(written) => Some(written),
+            Err(e) => {
+                tracing::debug!("cannot list the pages a call wrote ({e}); they are found by comparing");
+                None
+            }
+        });
         let base = if self.restored { self.found.as_ref() } else { None };
         let mut pages = base.map(|m| m.pages.clone()).unwrap_or_default();
         let changed = self.changed_pages(data, &mut pages, written);
         let next_layer = self.found.as_ref().map_or(1, |m| m.next_layer);
         let mut manifest = Manifest::new(&self.baseline.id, data.len() as u64, next_layer);
         manifest.pages = pages;
-        let layers = base.map(|m| m.layers.clone()).unwrap_or_default();
+        let base_layer = base.and_then(|m| m.layers.first().copied());
         if base.is_some_and(|m| changed.is_empty() && m.memory_bytes == data.len() as u64) {
             // Nothing changed: the saved state is this one.
             self.report().saved = true;
@@ -228,14 +233,20 @@ impl Keeper {
         }
         let mut written = Vec::new();
         let result = std::fs::create_dir_all(&self.request.dir).and_then(|()| {
-            let deltas: u64 = layers.iter().skip(1).map(|l| l.bytes).sum();
-            let base_bytes = layers.first().map_or(0, |l| l.bytes);
-            let compact = layers.is_empty() || layers.len() >= MAX_LAYERS || deltas > COMPACT_RATIO * base_bytes;
-            if !compact {
-                manifest.layers = layers;
-                // Deltas are stored as they are: compressing costs more than writing the pages
-                // (LZ4 gains about a third on CPython's heap); the rewrite compresses.
-                self.append(&mut manifest, data, &changed, false, &mut written)?;
+            // A state is at most two layers: the base, and one delta holding every page changed
+            // since the base was written, rewritten by each save. A call changes much the same
+            // pages as the one before (reference counts, the allocator, the interpreter), so the
+            // delta stays near one call's changes while the layers never pile up.
+            let mut deltas = base.map(|m| m.deltas.clone()).unwrap_or_default();
+            deltas.extend(changed.iter().copied());
+            let delta_bytes = (deltas.len() * PAGE) as u64;
+            if let Some(base_layer) = base_layer.filter(|base| delta_bytes <= COMPACT_RATIO * base.bytes) {
+                manifest.layers = vec![base_layer];
+                manifest.deltas = deltas;
+                let pages: Vec<u32> = manifest.deltas.iter().copied().collect();
+                // The delta is stored as it is: compressing costs more than writing the pages
+                // (LZ4 gains about a third on CPython's heap); the base is compressed.
+                self.append(&mut manifest, data, &pages, false, &mut written)?;
                 if manifest.bytes() <= self.request.budget_bytes {
                     return Ok(true);
                 }
@@ -243,6 +254,7 @@ impl Keeper {
             // Rewrite as one layer: every page that still differs from the image.
             manifest.pages.retain(|&page, hash| *hash != self.baseline.image_hash(page as usize));
             manifest.layers.clear();
+            manifest.deltas.clear();
             let all: Vec<u32> = manifest.pages.keys().copied().collect();
             self.append(&mut manifest, data, &all, true, &mut written)?;
             Ok(manifest.bytes() <= self.request.budget_bytes)

@@ -2,23 +2,24 @@
 //!
 //! ```text
 //! manifest     what the state is: the runtime it belongs to, the memory size, its layers
-//!              (oldest first) and the hash of every page that differs from the runtime's image;
-//!              replaced atomically, so it is the commit point of a save
-//! layer-<n>    the pages one save changed, in blocks of up to 16 pages, LZ4-compressed (or
-//!              stored as they are when that does not pay)
+//!              (a base, and a delta after it), the hash of every page that differs from the
+//!              runtime's image and the pages the delta holds; replaced atomically, so it is
+//!              the commit point of a save
+//! layer-<n>    pages in blocks of up to 16: the base's LZ4-compressed (or stored as they are
+//!              when that does not pay), the delta's as they are
 //! ```
 //!
 //! A restore applies the layers in order and checks every page against its hash, so a torn or
 //! damaged file is found, never run. Everything read here is bounds-checked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
 use super::super::pagemap::PAGE;
 
-const MAGIC: &[u8; 16] = b"toolhost-state-1";
+const MAGIC: &[u8; 16] = b"toolhost-state-2";
 /// Pages per block: large enough to compress well, small enough to skip what a call left alone.
 const BLOCK_PAGES: usize = 16;
 const RAW: u8 = 0;
@@ -38,6 +39,8 @@ pub struct Manifest {
     pub layers: Vec<Layer>,
     /// Every page that differs from the runtime's image, with the hash of its content.
     pub pages: BTreeMap<u32, u128>,
+    /// The pages the layers after the first hold.
+    pub deltas: BTreeSet<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +60,14 @@ pub enum Damaged {
 
 impl Manifest {
     pub fn new(runtime: &str, memory_bytes: u64, next_layer: u64) -> Manifest {
-        Manifest { runtime: runtime.to_string(), memory_bytes, next_layer, layers: Vec::new(), pages: BTreeMap::new() }
+        Manifest {
+            runtime: runtime.to_string(),
+            memory_bytes,
+            next_layer,
+            layers: Vec::new(),
+            pages: BTreeMap::new(),
+            deltas: BTreeSet::new(),
+        }
     }
 
     /// Bytes on disk: the layers and the manifest.
@@ -132,6 +142,10 @@ impl Manifest {
             out.extend_from_slice(&page.to_le_bytes());
             out.extend_from_slice(&hash.to_le_bytes());
         }
+        out.extend_from_slice(&(self.deltas.len() as u32).to_le_bytes());
+        for page in &self.deltas {
+            out.extend_from_slice(&page.to_le_bytes());
+        }
         let check = xxhash_rust::xxh3::xxh3_64(&out);
         out.extend_from_slice(&check.to_le_bytes());
         out
@@ -165,10 +179,18 @@ impl Manifest {
             }
             pages.insert(page, hash);
         }
+        let mut deltas = BTreeSet::new();
+        for _ in 0..reader.u32()? {
+            let page = reader.u32()?;
+            if !pages.contains_key(&page) {
+                return Err("a delta page is not a page of the state");
+            }
+            deltas.insert(page);
+        }
         if !reader.0.is_empty() {
             return Err("trailing bytes");
         }
-        Ok(Manifest { runtime, memory_bytes, next_layer, layers, pages })
+        Ok(Manifest { runtime, memory_bytes, next_layer, layers, pages, deltas })
     }
 }
 
@@ -266,6 +288,7 @@ mod tests {
         manifest.layers = vec![Layer { id: 1, bytes: 10 }, Layer { id: 2, bytes: 20 }];
         manifest.pages.insert(5, 0x1234);
         manifest.pages.insert(63, u128::MAX);
+        manifest.deltas.insert(63);
         manifest.commit(dir.path()).expect("commit");
         assert_eq!(Manifest::read(dir.path()).expect("read"), Some(manifest.clone()));
         let path = dir.path().join("manifest");
@@ -292,6 +315,12 @@ mod tests {
             let expected = if pages.contains(&(page as u32)) { &memory[range.clone()] } else { &[0u8; PAGE][..] };
             assert_eq!(&restored[range], expected, "page {page}");
         }
+        // Stored as they are, the same pages read back the same.
+        write_layer(dir.path(), 2, &memory, &pages, false).expect("write");
+        let mut raw = vec![0u8; 40 * PAGE];
+        apply_layer(dir.path(), 2, &mut raw).expect("apply");
+        assert_eq!(raw, restored);
+        assert!(fs::metadata(dir.path().join("layer-2")).expect("layer").len() > (pages.len() * PAGE) as u64);
         // Into a smaller memory: refused, not written out of bounds.
         let mut small = vec![0u8; 10 * PAGE];
         assert!(matches!(apply_layer(dir.path(), 1, &mut small), Err(Damaged::Format(..))));
