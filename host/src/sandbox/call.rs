@@ -27,6 +27,9 @@ use crate::runtime::{AbiKind, FileRole, InstalledRuntime};
 
 /// Tables may grow to this many elements (the guest starts with ~47k).
 const TABLE_LIMIT: usize = 1 << 20;
+/// The most of a slot's memory kept private between calls (see `fresh_memory`). A print call's
+/// slot keeps 23 MiB (the pages populated on its first use, `prefault`), a pandas call's 3-33.
+const KEPT_PRIVATE: usize = 32 << 20;
 
 /// The store's data: WASI, the memory limiter, the deadline (host calls that wait honour it)
 /// and the tools code mode may call.
@@ -446,6 +449,13 @@ fn fresh_memory(prepared: &Prepared, store: &mut Store<CallState>, memory: Memor
         }
     }
     let tracker = super::dirty::tracker()?;
+    // The pool's reset copies the image back over the pages an instance wrote and keeps them;
+    // pages an earlier instance kept and later ones left alone stay too, holding the image. Past
+    // a bound they are dropped (the memory is the image everywhere, so no byte changes).
+    let kept = tracker.private(memory.data(&*store)).map_or(0, |pages| pages.len() * super::pagemap::PAGE);
+    if kept > KEPT_PRIVATE {
+        super::pagemap::release(memory.data_mut(&mut *store));
+    }
     match tracker.protect(memory.data_mut(&mut *store)) {
         Ok(()) => Some(tracker),
         Err(e) => {

@@ -87,6 +87,7 @@ const PAGEMAP_SCAN: u32 = opcode::read_write::<PmScanArg>(b'f', 16);
 /// `PAGE_IS_*` categories.
 const WRITTEN: u64 = 1 << 1;
 const FILE: u64 = 1 << 2;
+const PRESENT: u64 = 1 << 3;
 const PFNZERO: u64 = 1 << 5;
 /// Regions one scan returns before it is resumed.
 const REGIONS: usize = 64;
@@ -177,8 +178,20 @@ impl Tracker {
 
     /// The pages of `memory` written since `protect` (page numbers from its start, ascending):
     /// written and private, neither the zero page nor the image's file page.
-    #[allow(unsafe_code)]
     pub fn written(&self, memory: &[u8]) -> std::io::Result<Vec<u32>> {
+        self.scan(memory, WRITTEN | PFNZERO | FILE)
+    }
+
+    /// The pages of `memory` this process holds privately (present, neither the zero page nor
+    /// the image's file page), written in this instance or kept by an earlier one.
+    pub fn private(&self, memory: &[u8]) -> std::io::Result<Vec<u32>> {
+        self.scan(memory, PRESENT | PFNZERO | FILE)
+    }
+
+    /// The pages of `memory` in the categories `mask` selects (each required, except the zero
+    /// page and file pages, which are excluded).
+    #[allow(unsafe_code)]
+    fn scan(&self, memory: &[u8], mask: u64) -> std::io::Result<Vec<u32>> {
         let base = memory.as_ptr() as u64;
         let end = base + memory.len() as u64;
         let mut pages = Vec::new();
@@ -195,7 +208,7 @@ impl Tracker {
                 vec_len: REGIONS as u64,
                 max_pages: 0,
                 category_inverted: PFNZERO | FILE,
-                category_mask: WRITTEN | PFNZERO | FILE,
+                category_mask: mask,
                 category_anyof_mask: 0,
                 return_mask: 0,
             };

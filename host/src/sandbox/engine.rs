@@ -228,6 +228,18 @@ mod tests {
                 assert_eq!(tracker.written(memory.data(&store)).expect("written"), expected);
             }
         }
+        // A fresh instance's kept pages dropped (as `call::fresh_memory` does past its bound):
+        // still the image.
+        let mut store = wasmtime::Store::new(&engine.engine, ());
+        store.set_fuel(u64::MAX).expect("fuel");
+        let instance = linker.instantiate_async(&mut store, &module).await.expect("instance");
+        let memory = instance.get_memory(&mut store, "memory").expect("memory");
+        assert!(!tracker.private(memory.data(&store)).expect("private").is_empty(), "the slot kept pages");
+        super::super::pagemap::release(memory.data_mut(&mut store));
+        assert!(tracker.private(memory.data(&store)).expect("private").is_empty());
+        let left = instance.get_typed_func::<i32, i32>(&mut store, "left").expect("left");
+        assert_eq!(left.call_async(&mut store, 3000).await.expect("left"), 0);
+        assert_eq!(&memory.data(&store)[..5], b"image");
     }
 
     #[test]

@@ -45,8 +45,9 @@ pub fn entries(base: *const u8, len: usize) -> std::io::Result<Vec<Entry>> {
     Ok(bytes.chunks_exact(8).map(|entry| Entry(u64::from_le_bytes(entry.try_into().unwrap_or_default()))).collect())
 }
 
-/// Drops the pages of `memory` (a fresh instance's, only read so far) from this process: they
-/// are the module's image, mapped from its file, and are mapped in again if touched.
+/// Drops the pages of `memory` (a fresh instance's, holding the module's image everywhere) from
+/// this process: the image's pages are mapped from its file again if touched, the rest read as
+/// zeros, as they held.
 #[allow(unsafe_code)]
 pub fn release(memory: &mut [u8]) {
     // SAFETY: `memory` is borrowed mutably (wasm is not using it). MADV_DONTNEED on a private
