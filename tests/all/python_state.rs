@@ -102,6 +102,18 @@ async fn state_follows_its_handle_across_sessions_and_a_restart_and_is_its_owner
     let refused =
         call(&bob, "code_interpreter", json!({"code": "secret = 'bob'", "workspace": ws, "fresh": true})).await;
     assert!(is_error(&refused), "{}", text(&refused));
+    // Eight more saves: deltas are appended, then merged, so the layers do not pile up.
+    for i in 0..8 {
+        let (_, state, _) =
+            run(&alice, &format!("steps = globals().get('steps', []) + [{i}]"), json!({"workspace": ws})).await;
+        assert_eq!((state["restored"].as_bool(), state["saved"].as_bool()), (Some(true), Some(true)), "{state}");
+    }
+    let layer_files = |dir: &std::path::Path| {
+        let names = std::fs::read_dir(dir).expect("state folder").flatten().map(|e| e.file_name());
+        names.filter(|name| name.to_string_lossy().starts_with("layer-")).count()
+    };
+    let layers = layer_files(&store.join(&ws).join("state"));
+    assert!((1..=5).contains(&layers), "a base and at most four deltas, not {layers} layers");
     for client in [alice, other, bob] {
         client.cancel().await.expect("close");
     }
@@ -110,8 +122,8 @@ async fn state_follows_its_handle_across_sessions_and_a_restart_and_is_its_owner
     // A new process on the same folder restores it from disk.
     let restarted = start_server(configure).await;
     let again = connect(&restarted.url, Some("alice")).await;
-    let (out, state, _) = run(&again, "print(secret)", json!({"workspace": ws})).await;
-    assert_eq!(out, "alice\n");
+    let (out, state, _) = run(&again, "print(secret, steps)", json!({"workspace": ws})).await;
+    assert_eq!(out, "alice [0, 1, 2, 3, 4, 5, 6, 7]\n");
     assert_eq!(state["restored"], true);
 
     // A damaged state is found, dropped and said so; the call runs fresh.

@@ -53,8 +53,11 @@ pub struct StateReport {
     pub note: Option<String>,
 }
 
-/// The delta may outweigh the base this many times before the state is rewritten as one layer.
+/// The pages changed since the base may outweigh it this many times before the state is
+/// rewritten as one layer.
 const COMPACT_RATIO: u64 = 2;
+/// The most deltas after the base; a restore from disk reads each.
+const DELTAS: usize = 4;
 
 /// What states of one runtime are relative to: its snapshot's memory image.
 #[derive(Debug)]
@@ -233,20 +236,30 @@ impl Keeper {
         }
         let mut written = Vec::new();
         let result = std::fs::create_dir_all(&self.request.dir).and_then(|()| {
-            // A state is at most two layers: the base, and one delta holding every page changed
-            // since the base was written, rewritten by each save. A call changes much the same
-            // pages as the one before (reference counts, the allocator, the interpreter), so the
-            // delta stays near one call's changes while the layers never pile up.
+            // A state is a base and at most DELTAS deltas after it. A save appends the pages it
+            // changed as a delta; once there are DELTAS, it replaces them all with one holding
+            // every page changed since the base. A call changes much the same pages as the one
+            // before (reference counts, the allocator, the interpreter), so that merged delta
+            // stays near one call's changes, and the base is rewritten only when the pages
+            // changed since it outweigh it.
             let mut deltas = base.map(|m| m.deltas.clone()).unwrap_or_default();
             deltas.extend(changed.iter().copied());
             let delta_bytes = (deltas.len() * PAGE) as u64;
+            let layers = base.map(|m| m.layers.as_slice()).unwrap_or_default();
             if let Some(base_layer) = base_layer.filter(|base| delta_bytes <= COMPACT_RATIO * base.bytes) {
-                manifest.layers = vec![base_layer];
                 manifest.deltas = deltas;
-                let pages: Vec<u32> = manifest.deltas.iter().copied().collect();
-                // The delta is stored as it is: compressing costs more than writing the pages
+                let merged: Vec<u32>;
+                let pages = if layers.len() <= DELTAS {
+                    manifest.layers = layers.to_vec();
+                    &changed
+                } else {
+                    manifest.layers = vec![base_layer];
+                    merged = manifest.deltas.iter().copied().collect();
+                    &merged
+                };
+                // Deltas are stored as they are: compressing costs more than writing the pages
                 // (LZ4 gains about a third on CPython's heap); the base is compressed.
-                self.append(&mut manifest, data, &pages, false, &mut written)?;
+                self.append(&mut manifest, data, pages, false, &mut written)?;
                 if manifest.bytes() <= self.request.budget_bytes {
                     return Ok(true);
                 }

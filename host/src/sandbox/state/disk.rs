@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! manifest     what the state is: the runtime it belongs to, the memory size, its layers
-//!              (a base, and a delta after it), the hash of every page that differs from the
-//!              runtime's image and the pages the delta holds; replaced atomically, so it is
+//!              (a base, then up to four deltas), the hash of every page that differs from the
+//!              runtime's image and the pages the deltas hold; replaced atomically, so it is
 //!              the commit point of a save
 //! layer-<n>    pages in blocks of up to 16: the base's LZ4-compressed (or stored as they are
-//!              when that does not pay), the delta's as they are
+//!              when that does not pay), the deltas' as they are
 //! ```
 //!
 //! A restore applies the layers in order and checks every page against its hash, so a torn or
