@@ -411,6 +411,27 @@ mod tests {
     }
 
     #[test]
+    fn changed_pages_are_those_written_or_private_that_differ_from_before() {
+        let image = vec![0u8; 8 * PAGE];
+        let baseline = Arc::new(Baseline::new("id".into(), &image, PAGE as u32));
+        let request = PythonState { dir: PathBuf::from("/nonexistent"), budget_bytes: 1 << 20, fresh: false };
+        let keeper = Keeper::new(request, baseline, Arc::default(), Arc::default());
+        let mut data = image.clone();
+        for page in [0, 3, 5] {
+            data[page * PAGE + 7] = 1;
+        }
+        // Told by the kernel: the pages written (4 was written back to what it held), the
+        // shadow stack's page left out.
+        let mut pages = std::collections::BTreeMap::new();
+        assert_eq!(keeper.changed_pages(&data, &mut pages, Some(vec![0, 3, 4, 5])), vec![3, 5]);
+        assert_eq!(pages.keys().copied().collect::<Vec<_>>(), vec![3, 5]);
+        // Found by comparing (every page of this heap buffer is private), against the saved
+        // state's hashes: page 3 is as saved, 5 changed since.
+        data[5 * PAGE + 8] = 2;
+        assert_eq!(keeper.changed_pages(&data, &mut pages, None), vec![5]);
+    }
+
+    #[test]
     fn the_image_and_the_stack_are_known_by_page() {
         let mut image = vec![0u8; 8 * PAGE];
         image[5 * PAGE] = 7;
