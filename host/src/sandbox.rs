@@ -72,6 +72,8 @@ pub struct SandboxConfig {
     /// Run guests in worker processes (one per `max_concurrency`), not on threads here.
     #[serde(default)]
     pub worker_processes: bool,
+    /// Write-protect guest memories so the kernel tells which pages a call wrote (`dirty`).
+    pub write_protect: bool,
     /// The binary started as `toolhost worker`; `None`: this one (its running image, even if
     /// the file was replaced since).
     #[serde(default)]
@@ -94,6 +96,7 @@ impl Default for SandboxConfig {
             snapshot: true,
             preload: default_preload(),
             worker_processes: true,
+            write_protect: true,
             worker_exe: None,
         }
     }

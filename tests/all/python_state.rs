@@ -2,7 +2,8 @@
 //! instance; a timeout and an out-of-memory call roll back, an exception keeps what it left,
 //! `fresh` starts clean; random generators are renewed in calls restored from one state; files
 //! left open are closed; the state follows the handle across sessions and a restart and is its
-//! owner's alone; the budget and `--python-state off` hold.
+//! owner's alone; the budget and `--python-state off` hold; all of it with and without
+//! write-protected guest memory.
 
 use serde_json::{Value, json};
 
@@ -26,7 +27,18 @@ async fn run(client: &Client, code: &str, extra: Value) -> (String, Value, Strin
 
 #[tokio::test]
 async fn state_persists_rolls_back_on_limits_and_keeps_what_an_exception_left() {
-    let server = start_server(|_| {}).await;
+    persists_and_rolls_back(true).await;
+}
+
+/// The same where guest memory is not write-protected (`--write-protect off`, or a host that
+/// refuses userfaultfd): the pages a call changed are found by comparing.
+#[tokio::test]
+async fn without_write_protection_state_persists_and_rolls_back_the_same() {
+    persists_and_rolls_back(false).await;
+}
+
+async fn persists_and_rolls_back(write_protect: bool) {
+    let server = start_server(move |s| s.sandbox.write_protect = write_protect).await;
     let client = connect(&server.url, None).await;
     let (_, state, _) = run(&client, "x = 1\nimport numpy as np\nrows = np.arange(10)", json!({})).await;
     assert_eq!((state["restored"].as_bool(), state["saved"].as_bool()), (Some(false), Some(true)), "{state}");
@@ -60,6 +72,9 @@ async fn state_persists_rolls_back_on_limits_and_keeps_what_an_exception_left() 
     assert_eq!(out, "False\n");
     assert_eq!((state["restored"].as_bool(), state["saved"].as_bool()), (Some(false), Some(true)));
     assert_eq!(run(&client, "print('x' in globals(), y)", json!({})).await.0, "False new\n");
+    // Another session's workspace, in the same worker's pool slots, holds none of it.
+    let other = connect(&server.url, None).await;
+    assert_eq!(run(&other, "print('y' in globals())", json!({})).await.0, "False\n");
 }
 
 #[tokio::test]

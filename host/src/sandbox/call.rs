@@ -138,6 +138,9 @@ pub(super) struct Prepared {
     uses: Arc<std::sync::Mutex<std::collections::HashMap<usize, u64>>>,
     /// What Python states are relative to; `None`: this runtime keeps no state.
     pub baseline: Option<Arc<Baseline>>,
+    /// What write-protects an instance's memory and tells the pages a call wrote; `None`: they
+    /// are found by comparing (`dirty`).
+    pub tracker: Option<Arc<Tracker>>,
 }
 
 impl Prepared {
@@ -159,6 +162,7 @@ impl Prepared {
             write_set: None,
             uses: Arc::default(),
             baseline: None,
+            tracker: None,
         })
     }
 }
@@ -445,7 +449,7 @@ async fn keep_state(
 /// writes are populated the first time a pool slot hosts the runtime, then the memory is
 /// write-protected so that the pages this call writes are known (`dirty`). Returns what tells
 /// them, when the kernel does.
-fn fresh_memory(prepared: &Prepared, store: &mut Store<CallState>, memory: Memory) -> Option<&'static Tracker> {
+fn fresh_memory(prepared: &Prepared, store: &mut Store<CallState>, memory: Memory) -> Option<Arc<Tracker>> {
     let uses = {
         let mut uses = prepared.uses.lock().unwrap_or_else(|p| p.into_inner());
         let slot = uses.entry(memory.data_ptr(&*store) as usize).or_insert(0);
@@ -455,7 +459,7 @@ fn fresh_memory(prepared: &Prepared, store: &mut Store<CallState>, memory: Memor
     if let (Some(set), 1) = (&prepared.write_set, uses) {
         set.prefault(memory.data_mut(&mut *store));
     }
-    let tracker = super::dirty::tracker()?;
+    let tracker = prepared.tracker.clone()?;
     // The pool's reset copies the image back over the pages an instance wrote and keeps them;
     // pages an earlier instance kept and later ones left alone stay too, holding the image. Past
     // a bound they are dropped (the memory is the image everywhere, so no byte changes).

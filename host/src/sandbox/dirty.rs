@@ -7,13 +7,12 @@
 //! Two readers use that list. The pool's reset (vendored wasmtime, `reset_with_pagemap`) copies
 //! the image back over the pages reported `WRITTEN`: a page not written since the protection
 //! still holds the image. The Python state's save (`state.rs`) looks only at those pages.
-//! Where userfaultfd is refused (an older kernel, a seccomp profile without it), nothing is
-//! protected: every private page then reports `WRITTEN`, which is what the reset assumed before,
-//! and `written` says it cannot tell.
+//! Where userfaultfd is refused (an older kernel, a seccomp profile without it), or
+//! `--write-protect off`, nothing is protected: every private page then reports `WRITTEN`, which
+//! is what the reset assumed before, and the save compares pages.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::sync::OnceLock;
 
 use rustix::ioctl::{Updater, ioctl, opcode};
 
@@ -92,33 +91,31 @@ const PFNZERO: u64 = 1 << 5;
 /// Regions one scan returns before it is resumed.
 const REGIONS: usize = 64;
 
-/// The process's userfaultfd and pagemap, when the kernel offers asynchronous write-protection.
+/// A userfaultfd and the process's pagemap, when the kernel offers asynchronous
+/// write-protection. Owned by the guests' engine (`local.rs`), shared by its runtimes.
 pub struct Tracker {
     uffd: OwnedFd,
     pagemap: File,
 }
 
-/// The tracker of this process, or `None` where the kernel refuses it (said once in the log).
-pub fn tracker() -> Option<&'static Tracker> {
-    static TRACKER: OnceLock<Option<Tracker>> = OnceLock::new();
-    TRACKER
-        .get_or_init(|| match Tracker::open() {
+impl Tracker {
+    /// A tracker, or `None` where the kernel refuses one (said in the log).
+    pub fn start() -> Option<Tracker> {
+        match Tracker::open() {
             Ok(tracker) => Some(tracker),
             Err(e) => {
                 tracing::info!(
                     "userfaultfd write-protection is unavailable ({e}): each call's reset copies every page its \
-                     slot keeps, and a Python state's save compares every private page (about 1 ms more per call); \
+                     slot keeps, and a Python state's save compares every private page (1–2 ms more per call); \
                      allow the userfaultfd system call (seccomp) for faster calls"
                 );
                 None
             }
-        })
-        .as_ref()
-}
+        }
+    }
 
-impl Tracker {
     #[allow(unsafe_code)]
-    fn open() -> std::io::Result<Tracker> {
+    pub fn open() -> std::io::Result<Tracker> {
         use rustix::mm::UserfaultfdFlags;
         let flags = UserfaultfdFlags::CLOEXEC
             | UserfaultfdFlags::NONBLOCK
@@ -235,7 +232,7 @@ mod tests {
 
     #[test]
     fn the_pages_written_after_protection_are_listed_and_only_they() {
-        let tracker = tracker().expect("userfaultfd write-protection (Linux 6.7+)");
+        let tracker = Tracker::open().expect("userfaultfd write-protection (Linux 6.7+)");
         let mut memory = vec![0u8; 64 * PAGE + PAGE];
         let offset = memory.as_ptr().align_offset(PAGE);
         let memory = &mut memory[offset..offset + 64 * PAGE];

@@ -204,7 +204,7 @@ mod tests {
         let engine = SandboxEngine::new(EngineLimits { slots: 1, max_memory_bytes: 64 << 20 }).expect("engine");
         let module = Module::new(&engine.engine, DIRTY).expect("module");
         let linker = wasmtime::Linker::<()>::new(&engine.engine);
-        let tracker = super::super::dirty::tracker().expect("userfaultfd write-protection (Linux 6.7+)");
+        let tracker = super::super::dirty::Tracker::open().expect("userfaultfd write-protection (Linux 6.7+)");
         // 3000 runs of one page, over 24 MiB: more than KEEP_RESIDENT holds. Instances whose
         // memory is write-protected (as every call's is) and instances whose memory is not, in
         // turn, each writing fewer or more pages than the one before.

@@ -53,12 +53,14 @@ impl Local {
             .enable_all()
             .build()
             .context("cannot start the sandbox's threads")?;
+        let tracker = if config.write_protect { super::dirty::Tracker::start().map(Arc::new) } else { None };
         let mut prepared = BTreeMap::new();
         for runtime in runtimes {
             let loaded = Instant::now();
             let layout = call::Layout::of(runtime);
-            let ready = prepare::prepare(&engine, executor.handle(), runtime, layout, config, cache, progress)
+            let mut ready = prepare::prepare(&engine, executor.handle(), runtime, layout, config, cache, progress)
                 .with_context(|| format!("runtime {} cannot be prepared", runtime.name()))?;
+            ready.tracker = tracker.clone();
             tracing::debug!(runtime = runtime.name(), ms = loaded.elapsed().as_millis() as u64, "runtime ready");
             prepared.insert(runtime.name().to_string(), Arc::new(ready));
         }

@@ -109,7 +109,7 @@ pub(super) struct Keeper {
     /// The states this process saved last, in memory.
     recent: Arc<Recent>,
     /// What tells the pages the instance writes, when its memory is write-protected (`dirty`).
-    tracker: Option<&'static Tracker>,
+    tracker: Option<Arc<Tracker>>,
 }
 
 impl Keeper {
@@ -123,7 +123,7 @@ impl Keeper {
     }
 
     /// The instance about to be restored into has its memory write-protected by `tracker`.
-    pub fn track(&mut self, tracker: Option<&'static Tracker>) {
+    pub fn track(&mut self, tracker: Option<Arc<Tracker>>) {
         self.tracker = tracker;
     }
 
@@ -172,7 +172,7 @@ impl Keeper {
         // Every page of the state is about to be written: lifting their protection in runs costs
         // less than a fault per page. (Populating them first, as `prefault` does, costs more
         // than it saves: the pages are copied from the image only to be overwritten.)
-        if let Some(tracker) = self.tracker
+        if let Some(tracker) = &self.tracker
             && let Err(e) = tracker.unprotect(data, manifest.pages.keys().copied())
         {
             tracing::debug!("cannot lift the write-protection of a state's pages ({e}); they fault instead");
@@ -215,7 +215,7 @@ impl Keeper {
     pub fn save<T>(self, store: &Store<T>, memory: Memory) {
         let started = Instant::now();
         let data = memory.data(store);
-        let written = self.tracker.and_then(|tracker| match tracker.written(data) {
+        let written = self.tracker.as_ref().and_then(|tracker| match tracker.written(data) {
             Ok(written) => Some(written),
             Err(e) => {
                 tracing::debug!("cannot list the pages a call wrote ({e}); they are found by comparing");
