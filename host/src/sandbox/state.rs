@@ -215,8 +215,8 @@ impl Keeper {
     pub fn save<T>(self, store: &Store<T>, memory: Memory) {
         let started = Instant::now();
         let data = memory.data(store);
-        let written = self.tracker.as_ref().and_then(|tracker| match tracker.written(data) {
-            Ok(written) => Some(written),
+        let written_pages = self.tracker.as_ref().and_then(|tracker| match tracker.written(data) {
+            Ok(pages) => Some(pages),
             Err(e) => {
                 tracing::debug!("cannot list the pages a call wrote ({e}); they are found by comparing");
                 None
@@ -224,7 +224,7 @@ impl Keeper {
         });
         let base = if self.restored { self.found.as_ref() } else { None };
         let mut pages = base.map(|m| m.pages.clone()).unwrap_or_default();
-        let changed = self.changed_pages(data, &mut pages, written);
+        let changed = self.changed_pages(data, &mut pages, written_pages);
         let next_layer = self.found.as_ref().map_or(1, |m| m.next_layer);
         let mut manifest = Manifest::new(&self.baseline.id, data.len() as u64, next_layer);
         manifest.pages = pages;
@@ -234,7 +234,7 @@ impl Keeper {
             self.report().saved = true;
             return;
         }
-        let mut written = Vec::new();
+        let mut written_layers = Vec::new();
         let result = std::fs::create_dir_all(&self.request.dir).and_then(|()| {
             // A state is a base and at most DELTAS deltas after it. A save appends the pages it
             // changed as a delta; once there are DELTAS, it replaces them all with one holding
@@ -259,7 +259,7 @@ impl Keeper {
                 };
                 // Deltas are stored as they are: compressing costs more than writing the pages
                 // (LZ4 gains about a third on CPython's heap); the base is compressed.
-                self.append(&mut manifest, data, pages, false, &mut written)?;
+                self.append(&mut manifest, data, pages, false, &mut written_layers)?;
                 if manifest.bytes() <= self.request.budget_bytes {
                     return Ok(true);
                 }
@@ -269,7 +269,7 @@ impl Keeper {
             manifest.layers.clear();
             manifest.deltas.clear();
             let all: Vec<u32> = manifest.pages.keys().copied().collect();
-            self.append(&mut manifest, data, &all, true, &mut written)?;
+            self.append(&mut manifest, data, &all, true, &mut written_layers)?;
             Ok(manifest.bytes() <= self.request.budget_bytes)
         });
         let mut report = self.report();
@@ -304,7 +304,7 @@ impl Keeper {
         }
         if !report.saved {
             // The layers written for a save that did not commit.
-            for id in written {
+            for id in written_layers {
                 let _ = std::fs::remove_file(self.request.dir.join(format!("layer-{id}")));
             }
         }
