@@ -181,3 +181,43 @@ async fn a_state_over_its_budget_is_not_saved_and_state_can_be_turned_off() {
     assert_eq!(out, "False\n");
     assert_eq!(state, json!({"restored": false, "saved": false, "bytes": 0}));
 }
+
+/// A large state (a 24 MB array, past the size whose pages are protected again once restored):
+/// what later calls write into it is kept, memory the program freed is not saved, memory it
+/// reuses is; with and without write-protection, and from disk after a restart.
+#[tokio::test]
+async fn a_large_state_keeps_what_calls_write_into_it_and_leaves_out_what_was_freed() {
+    for write_protect in [true, false] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = dir.path().join("workspaces");
+        let configure = |s: &mut toolhost::config::Settings| {
+            s.sandbox.write_protect = write_protect;
+            s.app.workspaces_dir = store.clone();
+        };
+        let server = start_server(configure).await;
+        let client = connect(&server.url, None).await;
+        // 24 MB of random floats built from another 24 MB array, which is freed: only one is saved.
+        let setup = "import numpy as np\nbig = np.random.default_rng(1).random(3_000_000)\ncopy = big * 2\ndel big\n\
+                     total = copy.sum()";
+        let started = call(&client, "code_interpreter", json!({"code": setup})).await;
+        let (ws, state) = (handle(&started), structured(&started)["state"].clone());
+        let bytes = state["bytes"].as_u64().unwrap_or_default();
+        assert!((24_000_000..36_000_000).contains(&bytes), "one 24 MB array and the heap, not {bytes} bytes: {state}");
+        let on = json!({"workspace": ws});
+        // A write into the restored array, then memory the freed array held, reused.
+        let (_, state, _) = run(&client, "was = copy[1_500_000]\ncopy[1_500_000] = -1.0", on.clone()).await;
+        assert_eq!((state["restored"].as_bool(), state["saved"].as_bool()), (Some(true), Some(true)), "{state}");
+        run(&client, "again = np.full(3_000_000, 5.0)", on.clone()).await;
+        let check = "print(copy[1_500_000], abs(copy.sum() - (total - was - 1)) < 1e-3, again.sum())";
+        let expected = "-1.0 True 15000000.0\n";
+        for _ in 0..5 {
+            assert_eq!(run(&client, check, on.clone()).await.0, expected, "write-protect {write_protect}");
+        }
+        client.cancel().await.expect("close");
+        server.shutdown().await;
+        let restarted = start_server(configure).await;
+        let client = connect(&restarted.url, None).await;
+        let (out, state, _) = run(&client, check, on.clone()).await;
+        assert_eq!((out.as_str(), state["restored"].as_bool()), (expected, Some(true)), "{state}");
+    }
+}

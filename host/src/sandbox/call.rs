@@ -15,7 +15,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::dirty::Tracker;
+use super::dirty::{Restored, Tracker};
 use super::door::{self, HostTools};
 use super::guest;
 use super::outcome::{Ending, Ran};
@@ -43,6 +43,9 @@ pub(super) struct CallState {
     pub(super) deadline: Instant,
     /// What answers the guest's `host.call`; `None`: the call offers no tools.
     pub(super) host_tools: Option<Arc<dyn HostTools>>,
+    /// A large restored state's pages, protected again: dropped with this data, before wasmtime
+    /// returns the instance's memory to the pool, it makes the reset see them (`dirty`).
+    restored: Option<Restored>,
 }
 
 impl door::DoorState for CallState {
@@ -306,6 +309,7 @@ pub(super) fn store(
         },
         deadline: run.deadline,
         host_tools: run.host_tools.clone(),
+        restored: None,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -351,7 +355,8 @@ pub(super) async fn run(prepared: &Prepared, engine: &Engine, mut run: GuestRun)
             break (store, instance);
         };
         match state.restore(&mut store, memory, run.limits.memory_bytes) {
-            Restore::Restored => {
+            Restore::Restored(guard) => {
+                store.data_mut().restored = guard;
                 // wasi-libc's table of preopened folders is in the restored memory: it is read
                 // afresh from this call's WASI context, as in a fresh instance.
                 let reset = instance.get_typed_func::<(), ()>(&mut store, "toolhost.reset_preopens")?;

