@@ -373,8 +373,8 @@ impl Keeper {
 
     /// The pages of `data` that differ from what `pages` (or else the image) says they hold,
     /// sorted; `pages` is updated to their new hashes. Only `written` pages can have changed: a
-    /// page of the saved state was written by the restore, and every other page not written
-    /// still holds the image. Without `written`, the private pages (pagemap) are looked at, and
+    /// page not written since the memory was protected holds the image, or, for a large state
+    /// protected again after its restore, what `pages` says. Without `written`, the private pages (pagemap) are looked at, and
     /// where that cannot be read, every page. Pages in the allocator's `free` ranges are not.
     fn changed_pages(
         &self,
