@@ -153,11 +153,7 @@ impl Tracker {
     /// Lifts the protection from `pages` of `memory` (ascending page numbers) as if they were
     /// written: they are about to be, all of them, and a write to a protected page costs a fault.
     pub fn unprotect(&self, memory: &mut [u8], pages: impl Iterator<Item = u32>) -> std::io::Result<()> {
-        let runs = runs(pages);
-        if runs.last().is_some_and(|&(first, count)| (first + count) as usize * PAGE > memory.len()) {
-            return Err(std::io::Error::other("a page lies outside the memory"));
-        }
-        self.lift(memory.as_ptr() as u64, &runs)
+        self.lift(memory.as_ptr() as u64, &runs(memory, pages)?)
     }
 
     /// Lifts the protection from `runs` (first page, count) of the memory at `base`.
@@ -186,14 +182,12 @@ impl Tracker {
         memory: &mut [u8],
         pages: impl Iterator<Item = u32>,
     ) -> (Restored, std::io::Result<()>) {
-        let mut restored = Restored { tracker: self.clone(), base: memory.as_ptr() as u64, runs: runs(pages) };
-        if restored.runs.last().is_some_and(|&(first, count)| (first + count) as usize * PAGE > memory.len()) {
+        let base = memory.as_ptr() as u64;
+        match runs(memory, pages) {
+            Ok(runs) => (Restored { tracker: self.clone(), base, runs }, self.protect(memory)),
             // Nothing is protected again: the restored pages still report written.
-            restored.runs.clear();
-            return (restored, Err(std::io::Error::other("a page lies outside the memory")));
+            Err(e) => (Restored { tracker: self.clone(), base, runs: Vec::new() }, Err(e)),
         }
-        let result = self.protect(memory);
-        (restored, result)
     }
 
     /// The pages of `memory` written since `protect` (page numbers from its start, ascending):
@@ -248,8 +242,9 @@ impl Tracker {
     }
 }
 
-/// Ascending page numbers as runs (first page, count).
-fn runs(pages: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
+/// Ascending page numbers of `memory` as runs (first page, count); an error if one lies
+/// outside it.
+fn runs(memory: &[u8], pages: impl Iterator<Item = u32>) -> std::io::Result<Vec<(u32, u32)>> {
     let mut runs: Vec<(u32, u32)> = Vec::new();
     for page in pages {
         match runs.last_mut() {
@@ -257,7 +252,10 @@ fn runs(pages: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
             _ => runs.push((page, 1)),
         }
     }
-    runs
+    if runs.last().is_some_and(|&(first, count)| (first + count) as usize * PAGE > memory.len()) {
+        return Err(std::io::Error::other("a page lies outside the memory"));
+    }
+    Ok(runs)
 }
 
 /// Restored pages of a guest's memory that were write-protected again (`Tracker::reprotect`):
